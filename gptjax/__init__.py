@@ -1,0 +1,10 @@
+"""gptjax: GPT-style language models in JAX/Flax.
+
+Modules, one concern each: model (the Transformer), kv_cache (the decode cache pytree),
+objectives (losses), decode (prefill + lax.scan sampling loop), data (tokenizers, prepared token
+files, the stateless batch sampler), train (TrainState, pmapped train/eval steps, the loop),
+parallel (devices), checkpoint (orbax), metrics (metrics.jsonl, TensorBoard, MFU), config
+(defaults and validation).
+"""
+
+__version__ = '0.1.0'

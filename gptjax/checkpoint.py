@@ -1,0 +1,58 @@
+"""Checkpoints of the training state with orbax: save every N steps, keep the last K, restore latest.
+
+Layout: WORKDIR/checkpoints/<step>/... Orbax writes a step into a temporary directory and renames it
+into place only once every file is written (and marks it finalized), so a step directory that
+`steps()` lists is complete; a save cut short by a crash is never listed and never restored.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from gptjax.errors import GptjaxError
+
+
+class Checkpointer:
+  """A thin owner of an orbax CheckpointManager; the state it saves is passed in, never kept."""
+
+  def __init__(self, directory: str, keep: int = 3, create: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=create)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    """Steps with a complete checkpoint, oldest first."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.steps()
+    return steps[-1] if steps else None
+
+  def save(self, step: int, state) -> bool:
+    """Starts writing `state` as `step` in the background; False if that step is already saved."""
+    return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+  def restore(self, step: int, like):
+    """The state saved at `step`, with the structure, shapes and dtypes of `like` (arrays or abstract).
+
+    Raises GptjaxError naming the step and its path if the files cannot be read.
+    """
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # orbax raises many types (ValueError, KeyError, OSError, tensorstore errors)
+      reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+      raise GptjaxError(f'checkpoint at step {step} ({os.path.join(self.directory, str(step))}) could not '
+                        f'be restored: {reason}') from None
+
+  def wait(self) -> None:
+    """Blocks until every save started so far is complete on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

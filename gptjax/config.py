@@ -1,0 +1,122 @@
+"""The default configuration, and the checks every configuration passes before a run starts.
+
+Config files under configs/ define `get_config() -> ml_collections.ConfigDict`; any field can be
+set on the command line (`--config.model.n_layer=4`). This file is itself a config file: with no
+--config the CLI loads it, and it trains a byte-level model on the Python standard library's
+sources, which ship with every Python, so it runs offline anywhere in a couple of minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from gptjax.errors import GptjaxError
+from gptjax.model import GPTConfig
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 0  # 0: the tokenizer's vocabulary size; larger values pad the table
+  c.model.block_size = 128  # the positions the model supports
+  c.model.n_layer = 4
+  c.model.n_head = 4
+  c.model.n_kv_head = 0  # 0: same as n_head
+  c.model.n_embd = 128
+  c.model.dropout = 0.0
+  c.model.bias = True
+  c.model.tie_embeddings = False
+  c.model.pos_encoding = 'learned'  # or 'sinusoidal'
+  c.model.causal = True
+  c.model.dtype = 'float32'
+  c.model.param_dtype = 'float32'
+
+  c.data = ml_collections.ConfigDict()
+  c.data.path = ''  # a text file; '' means the Python standard library's .py sources
+  c.data.url = ''  # where to download data.path from if it is missing ('' = never download)
+  c.data.tokenizer = 'byte'  # 'byte' (UTF-8 bytes, 256 ids) or 'char' (characters of the text)
+  c.data.val_fraction = 0.1  # the last 10% of the tokens are the validation split
+  c.data.max_bytes = 4_000_000  # only for the standard-library corpus
+
+  c.train = ml_collections.ConfigDict()
+  c.train.seq_len = c.model.get_ref('block_size')  # training window; follows block_size unless set
+  c.train.batch_size = 16  # global batch: split over all devices of all hosts
+  c.train.max_steps = 3000
+  c.train.learning_rate = 1e-3
+  c.train.min_lr = 1e-4
+  c.train.warmup_steps = 100
+  c.train.decay_steps = c.train.get_ref('max_steps')  # cosine from warm-up end to here
+  c.train.weight_decay = 0.1  # AdamW, on matrices and embeddings only
+  c.train.beta1 = 0.9
+  c.train.beta2 = 0.99
+  c.train.grad_clip = 1.0  # global-norm clipping; 0 turns it off
+  c.train.steps_per_call = 10  # optimizer steps per compiled call (lax.scan); 1 for a call per step
+  c.train.log_interval = 50
+  c.train.eval_interval = 500
+  c.train.eval_iters = 20  # validation batches per evaluation
+  c.train.checkpoint_interval = 1000
+  c.train.keep_checkpoints = 3
+  c.train.nan_policy = 'stop'  # 'stop' at a NaN/Inf loss, or 'skip' the update of such a step
+  c.train.devices = 0  # use this many local devices; 0 = all
+  return c
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> GPTConfig:
+  """The model's GPTConfig, with vocab_size taken from the tokenizer when the config leaves it 0."""
+  fields = config.model.to_dict()
+  if fields['vocab_size'] == 0:
+    fields['vocab_size'] = vocab_size
+  elif fields['vocab_size'] < vocab_size:
+    raise GptjaxError(f"model.vocab_size={fields['vocab_size']} is smaller than the tokenizer's "
+                      f'{vocab_size} ids; set it to 0 (use the tokenizer size) or larger')
+  unknown = set(fields) - {f.name for f in dataclasses.fields(GPTConfig)}
+  if unknown:
+    raise GptjaxError(f'unknown model field(s) {sorted(unknown)}')
+  try:
+    return GPTConfig(**fields)
+  except (ValueError, TypeError) as e:
+    raise GptjaxError(f'bad model config: {e}') from None
+
+
+def validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
+  """Raises GptjaxError naming every inconsistent field, before anything is computed or written."""
+  problems = []
+  m, t, d = config.model, config.train, config.data
+  try:
+    GPTConfig(**{**m.to_dict(), 'vocab_size': m.vocab_size or 1})
+  except (ValueError, TypeError) as e:
+    problems.append(f'model: {e}')
+  if t.seq_len < 1:
+    problems.append(f'train.seq_len={t.seq_len} must be >= 1')
+  if t.seq_len > m.block_size:
+    problems.append(f'train.seq_len={t.seq_len} is larger than the {m.block_size} positions the model '
+                    'supports (model.block_size)')
+  if t.batch_size < 1 or t.batch_size % n_devices:
+    problems.append(f'train.batch_size={t.batch_size} is not divisible by the {n_devices} devices; '
+                    f'use a multiple of {n_devices} or set --config.train.devices')
+  for name in ('max_steps', 'warmup_steps', 'eval_iters', 'keep_checkpoints'):
+    if t[name] < 0:
+      problems.append(f'train.{name}={t[name]} must be >= 0')
+  for name in ('steps_per_call', 'log_interval', 'eval_interval', 'checkpoint_interval'):
+    if t[name] < 1:
+      problems.append(f'train.{name}={t[name]} must be >= 1')
+  if t.learning_rate <= 0 or t.min_lr < 0:
+    problems.append('train.learning_rate must be > 0 and train.min_lr >= 0')
+  if t.decay_steps < t.warmup_steps:
+    problems.append(f'train.decay_steps={t.decay_steps} is smaller than train.warmup_steps={t.warmup_steps}')
+  if not (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1):
+    problems.append('train.beta1 and train.beta2 must be in [0, 1)')
+  if t.grad_clip < 0 or t.weight_decay < 0:
+    problems.append('train.grad_clip and train.weight_decay must be >= 0')
+  if t.nan_policy not in ('stop', 'skip'):
+    problems.append(f"train.nan_policy={t.nan_policy!r} must be 'stop' or 'skip'")
+  if d.tokenizer not in ('byte', 'char'):
+    problems.append(f"data.tokenizer={d.tokenizer!r} must be 'byte' or 'char'")
+  if not 0 < d.val_fraction < 1:
+    problems.append(f'data.val_fraction={d.val_fraction} must be in (0, 1)')
+  if problems:
+    raise GptjaxError('; '.join(problems))

@@ -1,0 +1,188 @@
+"""Generation: prefill the prompt into a KV cache, then one token per step in a `lax.scan`.
+
+    prompts [batch, prompt_len] (right-padded) ──prefill──▶ cache, logits of each row's last prompt token
+    ──lax.scan over max_new_tokens──▶ carry DecodeState(cache, token, rng, done, length)
+    ──▶ Generation(tokens [batch, max_new_tokens], lengths [batch], stopped [batch])
+
+Each decode step computes Q, K, V for one new token per row and attends over that row's cached
+prefix: O(n) work per token instead of re-running the O(n^2) forward over the whole sequence.
+The whole of `generate` is one jit-compiled function per (shapes, sampling settings); it holds no
+state between calls. Sampling strategies are small pure functions of (rng, logits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptjax import kv_cache as kvc
+from gptjax.errors import GptjaxError
+from gptjax.model import GPT, GPTConfig
+
+# ---------------------------------------------------------------------------------------------
+# Sampling: pure functions on logits [batch, vocab]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How to pick the next token. temperature 0 is greedy; top_k 0 and top_p 1 keep every token."""
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+  def check(self, vocab_size: int) -> None:
+    if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0 and np.isfinite(self.temperature)):
+      raise GptjaxError(f'temperature={self.temperature} must be a finite number >= 0 (0 = greedy)')
+    if not isinstance(self.top_k, (int, np.integer)) or not 0 <= self.top_k <= vocab_size:
+      raise GptjaxError(f'top_k={self.top_k} must be between 0 (off) and the vocabulary size {vocab_size}')
+    if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+      raise GptjaxError(f'top_p={self.top_p} must be in (0, 1] (1 = off)')
+
+
+def top_k_mask(logits: jax.Array, k: int) -> jax.Array:
+  """Logits outside each row's k largest set to -inf (ties at the k-th value are kept)."""
+  kth = jax.lax.top_k(logits, k)[0][..., -1:]
+  return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def top_p_mask(logits: jax.Array, p: float) -> jax.Array:
+  """Nucleus: keep the smallest set of most likely tokens whose probability sums to >= p."""
+  order = jnp.argsort(-logits, axis=-1)
+  sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the more likely tokens
+  keep_sorted = mass_before < p  # the most likely token always stays (mass_before = 0)
+  keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+  return jnp.where(keep, logits, -jnp.inf)
+
+
+def sample_logits(rng: jax.Array, logits: jax.Array, sampling: Sampling) -> jax.Array:
+  """The next token of each row: logits [batch, vocab] float32 -> [batch] int32."""
+  if sampling.temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / sampling.temperature
+  if sampling.top_k:
+    logits = top_k_mask(logits, sampling.top_k)
+  if sampling.top_p < 1:
+    logits = top_p_mask(logits, sampling.top_p)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefill and the decode loop
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """The scan carry: everything one step needs, nothing else."""
+
+  cache: kvc.KVCache  # keys/values so far; cache.pos is each row's next position
+  token: jax.Array  # [batch] int32: the last sampled token, fed to the next step
+  rng: jax.Array
+  done: jax.Array  # [batch] bool: row has hit a stop token
+  length: jax.Array  # [batch] int32: tokens generated before the stop
+
+
+@flax.struct.dataclass
+class Generation:
+  tokens: jax.Array  # [batch, max_new_tokens] int32; pad_id after a row's length
+  lengths: jax.Array  # [batch] int32: generated tokens per row, not counting the stop token
+  stopped: jax.Array  # [batch] bool: the row ended at a stop token (else at max_new_tokens)
+
+
+def prefill(params, config: GPTConfig, prompts: jax.Array, lengths: jax.Array, cache: kvc.KVCache):
+  """Runs the right-padded prompts [batch, prompt_len] through the model in one pass.
+
+  Returns (logits [batch, vocab] after each row's last real token, cache with pos = lengths). The
+  pad slots written past a row's length are overwritten by its next tokens before anything reads them.
+  """
+  logits, cache = GPT(config).apply({'params': params}, prompts, cache=cache)
+  last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+  return last, cache.replace(pos=lengths.astype(jnp.int32))
+
+
+def _is_stop(tokens: jax.Array, stop_tokens: tuple[int, ...]) -> jax.Array:
+  if not stop_tokens:
+    return jnp.zeros(tokens.shape, bool)
+  return jnp.isin(tokens, jnp.asarray(stop_tokens, jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'max_new_tokens', 'sampling', 'stop_tokens', 'pad_id'))
+def _generate(params, prompts, lengths, rng, *, config: GPTConfig, max_new_tokens: int,
+              sampling: Sampling, stop_tokens: tuple[int, ...], pad_id: int) -> Generation:
+  batch, prompt_len = prompts.shape
+  model = GPT(config)
+  cache = kvc.init(config, batch, prompt_len + max_new_tokens)
+  logits, cache = prefill(params, config, prompts, lengths, cache)
+  rng, first_rng = jax.random.split(rng)
+  first = sample_logits(first_rng, logits, sampling)
+  done = _is_stop(first, stop_tokens)
+  state = DecodeState(cache=cache, token=first, rng=rng, done=done, length=(~done).astype(jnp.int32))
+
+  def step(state: DecodeState, _):
+    def advance(state):
+      logits, cache = model.apply({'params': params}, state.token[:, None], cache=state.cache)
+      rng, step_rng = jax.random.split(state.rng)
+      token = sample_logits(step_rng, logits[:, 0], sampling)
+      done = state.done | _is_stop(token, stop_tokens)
+      return DecodeState(cache=cache, token=token, rng=rng, done=done,
+                         length=state.length + (~done).astype(jnp.int32))
+
+    # Once every row has stopped, the remaining steps only emit padding.
+    state = jax.lax.cond(jnp.all(state.done), lambda s: s, advance, state)
+    return state, jnp.where(state.done, pad_id, state.token)
+
+  final, rest = jax.lax.scan(step, state, length=max_new_tokens - 1)  # rest: [max_new_tokens - 1, batch]
+  tokens = jnp.concatenate([jnp.where(done, pad_id, first)[None], rest], axis=0).T
+  return Generation(tokens=tokens, lengths=final.length, stopped=final.done)
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Right-pads token lists into ([batch, longest] int32, lengths [batch] int32)."""
+  lengths = np.array([len(p) for p in prompts], np.int32)
+  out = np.full((len(prompts), max(lengths, default=0)), pad_id, np.int32)
+  for i, p in enumerate(prompts):
+    out[i, :len(p)] = p
+  return out, lengths
+
+
+def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_tokens: int,
+             lengths=None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             stop_tokens: Sequence[int] = (), pad_id: int = 0) -> Generation:
+  """Continues each prompt by up to max_new_tokens tokens.
+
+  prompts: [batch, prompt_len] int array (right-padded, with `lengths` [batch]), or a list of token
+  lists of any lengths. Sampling: temperature 0 = greedy; top_k > 0 keeps the k most likely tokens;
+  top_p < 1 keeps the nucleus. A row stops at any of stop_tokens (not included in its output).
+  Rows are independent: each equals generating that prompt alone with the same rng.
+  """
+  if lengths is None:
+    if isinstance(prompts, (list, tuple)):
+      prompts, lengths = pad_prompts(prompts, pad_id)
+    else:
+      prompts = np.asarray(prompts)
+      lengths = np.full((prompts.shape[0],), prompts.shape[1], np.int32)
+  prompts, lengths = np.asarray(prompts, np.int32), np.asarray(lengths, np.int32)
+  if prompts.ndim != 2 or prompts.shape[0] == 0 or lengths.shape != prompts.shape[:1]:
+    raise GptjaxError(f'prompts must be [batch, prompt_len] with lengths [batch]; got {prompts.shape} '
+                      f'and {lengths.shape}')
+  if lengths.min() < 1:
+    raise GptjaxError('every prompt needs at least one token (an empty prompt has nothing to continue)')
+  if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+    raise GptjaxError(f'max_new_tokens={max_new_tokens} must be an integer >= 1')
+  if prompts.shape[1] + max_new_tokens > config.block_size:
+    raise GptjaxError(f'prompt ({prompts.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the '
+                      f'{config.block_size} positions the model supports; shorten one of them')
+  if prompts.min() < 0 or prompts.max() >= config.vocab_size:
+    raise GptjaxError(f'prompt token ids must be in [0, {config.vocab_size})')
+  sampling = Sampling(float(temperature), int(top_k), float(top_p))
+  sampling.check(config.vocab_size)
+  return _generate(params, prompts, lengths, rng, config=config, max_new_tokens=int(max_new_tokens),
+                   sampling=sampling, stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id))

@@ -1,0 +1,78 @@
+"""Where measurements go: WORKDIR/metrics.jsonl, TensorBoard events, and throughput/MFU arithmetic.
+
+metrics.jsonl has one JSON object per line: `step` plus whichever of train_loss, val_loss, lr,
+tokens_per_sec, ... were measured at that step. Each line is written whole and flushed; after a
+resume, lines beyond the restored step (written after the last checkpoint) are dropped, so the file
+never holds a step twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from gptjax.data import atomic_write
+from gptjax.model import GPTConfig
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The complete lines of a metrics file (a torn last line, cut by a crash, is ignored)."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      if not line.endswith('\n'):
+        break
+      records.append(json.loads(line))
+  return records
+
+
+class MetricsWriter:
+  """Appends metric records to metrics.jsonl and, if tensorboardX is installed, TensorBoard."""
+
+  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    kept = [r for r in read_jsonl(self.path) if r['step'] <= resume_step]
+    if os.path.exists(self.path):  # rewrite without lines past the checkpoint we resume from
+      atomic_write(self.path, ''.join(json.dumps(r) + '\n' for r in kept))
+    self._file = open(self.path, 'a', encoding='utf-8')
+    self._tb = None
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
+      except ImportError:
+        pass
+
+  def write(self, step: int, **values) -> None:
+    record = {'step': int(step), **{k: float(v) for k, v in values.items()}}
+    self._file.write(json.dumps(record) + '\n')
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in values.items():
+        self._tb.add_scalar(k, float(v), int(step))
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def flops_per_token(config: GPTConfig, seq_len: int) -> float:
+  """Training FLOPs per token (forward + backward = 3x forward), as in the PaLM paper's appendix
+  and nanoGPT: 6 N for the weight matmuls (N counts the LM head, not the embedding lookups) plus
+  12 * n_layer * seq_len * n_embd for attention scores and values (no saving for the causal mask).
+  """
+  c = config
+  n_matmul = c.n_layer * (c.n_embd * (c.n_head + 2 * c.kv_heads) * c.head_dim + c.n_embd ** 2
+                          + 8 * c.n_embd ** 2) + c.n_embd * c.vocab_size
+  return 6.0 * n_matmul + 12.0 * c.n_layer * seq_len * c.n_embd
+
+
+def mfu(tokens_per_sec: float, config: GPTConfig, seq_len: int, peak_flops: float) -> float:
+  """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak (0 if unknown)."""
+  if not peak_flops or math.isnan(tokens_per_sec):
+    return 0.0
+  return tokens_per_sec * flops_per_token(config, seq_len) / peak_flops

@@ -1,0 +1,80 @@
+"""Sampling text from a trained run: load its checkpoint and tokenizer, then `decode.generate`.
+
+Run: python -m gptjax.sample --workdir=runs/shakespeare_char --prompt="ROMEO:" --max_new_tokens=200
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+
+from gptjax import checkpoint as ckpt_lib
+from gptjax import config as config_lib
+from gptjax import data as data_lib
+from gptjax import decode
+from gptjax.errors import GptjaxError
+from gptjax.model import GPTConfig
+
+
+def load_run(workdir: str, step: int | None = None):
+  """(params, GPTConfig, tokenizer, step) of the checkpoint at `step` (default: latest) in workdir."""
+  config_path = os.path.join(workdir, 'config.json')
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not os.path.exists(config_path):
+    raise GptjaxError(f'{workdir} is not a run directory (no config.json); train one with '
+                      'python -m gptjax.train --workdir=DIR')
+  with open(config_path, encoding='utf-8') as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  tokenizer = data_lib.load_tokenizer(os.path.join(workdir, 'tokenizer.json'))
+  steps = ckpt_lib.Checkpointer(ckpt_dir, create=False).steps() if os.path.isdir(ckpt_dir) else []
+  if not steps:
+    raise GptjaxError(f'{workdir} has no checkpoint yet; train longer than train.checkpoint_interval '
+                      'steps or until the run ends')
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise GptjaxError(f'no checkpoint at step {step} in {ckpt_dir}; there are {steps}')
+  model_config = GPTConfig(**config.model.to_dict())
+  from gptjax import train as train_lib  # the state's structure comes from the training code
+  tx, _ = train_lib.make_optimizer(config.train)
+  like = jax.eval_shape(lambda: train_lib.init_state(model_config, tx, config.seed))
+  state = ckpt_lib.Checkpointer(ckpt_dir, create=False).restore(step, like)
+  return state.params, model_config, tokenizer, step
+
+
+def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8,
+                        top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1,
+                        stop: str = '', step: int | None = None) -> list[str]:
+  """num_samples continuations of prompt (the prompt itself not included), cut at `stop` if given."""
+  if not prompt:
+    raise GptjaxError('the prompt is empty; give at least one character with --prompt')
+  if num_samples < 1:
+    raise GptjaxError(f'num_samples={num_samples} must be >= 1')
+  # Cheap argument checks before loading anything.
+  if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    raise GptjaxError(f'max_new_tokens={max_new_tokens} must be an integer >= 1')
+  params, model_config, tokenizer, _ = load_run(workdir, step)
+  decode.Sampling(temperature, top_k, top_p).check(model_config.vocab_size)
+  ids = tokenizer.encode(prompt)
+  stop_ids = tokenizer.encode(stop) if stop else []
+  result = decode.generate(
+      params, model_config, [ids] * num_samples, jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
+      temperature=temperature, top_k=top_k, top_p=top_p,
+      stop_tokens=tuple(stop_ids) if len(stop_ids) == 1 else ())
+  tokens, lengths = jax.device_get((result.tokens, result.lengths))
+  texts = [tokenizer.decode(row[:n]) for row, n in zip(tokens, lengths)]
+  if stop:
+    texts = [t.split(stop, 1)[0] for t in texts]
+  return texts
+
+
+def main():
+  from gptjax import cli
+  cli.sample()
+
+
+if __name__ == '__main__':
+  main()

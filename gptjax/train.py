@@ -1,0 +1,382 @@
+"""Training: the state, the pure step functions, and the loop that drives them.
+
+    train_and_evaluate(config, workdir)
+      data  ──batch_at(seed, step)──▶ [steps, batch, seq + 1] ──shard──▶ p_train_steps (pmap, donated state)
+      state ──every eval_interval──▶ p_eval ──▶ val_loss
+            ──every checkpoint_interval, at the end, on SIGTERM/SIGINT──▶ orbax checkpoint
+      metrics ──▶ WORKDIR/metrics.jsonl, TensorBoard, progress bar
+
+`train_step` is one optimizer update; `train_steps` scans it over several batches so one compiled
+call does `steps_per_call` updates (per-call dispatch is a large share of a small model's step on
+CPU). Both are pure: state in, state out.
+
+Run: python -m gptjax.train --config=configs/shakespeare_char.py --workdir=runs/shakespeare
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from gptjax import checkpoint as ckpt_lib
+from gptjax import config as config_lib
+from gptjax import data as data_lib
+from gptjax import metrics as metrics_lib
+from gptjax import objectives, parallel
+from gptjax.errors import GptjaxError
+from gptjax.model import GPT, GPTConfig, count_params
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32: optimizer updates done
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # [2] uint32: dropout key; step s uses fold_in(rng, s), so it never changes
+
+
+def make_optimizer(tc: ml_collections.ConfigDict):
+  """AdamW with linear warm-up then cosine decay to min_lr, after global-norm clipping.
+
+  Weight decay applies to matrices and embeddings (ndim >= 2), not to biases or LayerNorm scales.
+  Returns (optax transformation, learning-rate schedule).
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=tc.learning_rate, warmup_steps=tc.warmup_steps,
+      decay_steps=max(tc.decay_steps, tc.warmup_steps + 1), end_value=tc.min_lr)
+  adamw = optax.adamw(schedule, b1=tc.beta1, b2=tc.beta2, weight_decay=tc.weight_decay,
+                      mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params))
+  tx = optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw) if tc.grad_clip else adamw
+  return tx, schedule
+
+
+def init_state(model_config: GPTConfig, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  """Fresh parameters and optimizer state, a pure function of (model_config, seed)."""
+
+  @jax.jit
+  def init(key):
+    params_rng, dropout_rng = jax.random.split(key)
+    tokens = jnp.zeros((1, min(model_config.block_size, 8)), jnp.int32)
+    params = GPT(model_config).init(params_rng, tokens)['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=dropout_rng)
+
+  return init(jax.random.PRNGKey(seed))
+
+
+def train_step(state: TrainState, tokens: jax.Array, *, model: GPT, tx, skip_nonfinite: bool = False,
+               axis_name: str | None = parallel.AXIS):
+  """One update on this device's shard tokens [batch, seq + 1]; grads averaged over `axis_name`.
+
+  Returns (new state, metrics {'loss', 'grad_norm'}). With skip_nonfinite, an update whose loss or
+  gradient is NaN/Inf is dropped (the step counter still advances past its batch).
+  """
+  inputs, targets = objectives.next_token_split(tokens)
+  rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+  def loss_fn(params):
+    logits = model.apply({'params': params}, inputs, deterministic=model.config.dropout == 0.0,
+                         rngs={'dropout': rng})
+    return objectives.cross_entropy(logits, targets)[0]
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  if axis_name is not None:  # every shard has the same number of targets: the mean of means is exact
+    loss, grads = jax.lax.pmean((loss, grads), axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.global_norm(grads)
+  if skip_nonfinite:
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, {'loss': loss, 'grad_norm': grad_norm}
+
+
+def train_steps(state: TrainState, tokens: jax.Array, **step_kwargs):
+  """len(tokens) updates in one call: tokens [steps, batch, seq + 1]; metrics come back [steps]."""
+  return jax.lax.scan(functools.partial(train_step, **step_kwargs), state, tokens)
+
+
+def eval_step(params, tokens: jax.Array, *, model: GPT, axis_name: str | None = parallel.AXIS):
+  """Summed next-token NLL and target count over tokens [n_batches, batch, seq + 1] (psum'd)."""
+
+  def one(carry, batch):
+    inputs, targets = objectives.next_token_split(batch)
+    _, (total, count) = objectives.cross_entropy(model.apply({'params': params}, inputs), targets)
+    return (carry[0] + total, carry[1] + count), None
+
+  (total, count), _ = jax.lax.scan(one, (jnp.zeros(()), jnp.zeros(())), tokens)
+  if axis_name is not None:
+    total, count = jax.lax.psum((total, count), axis_name)
+  return total, count
+
+
+# ---------------------------------------------------------------------------------------------
+# The workdir: data, tokenizer and config that a run keeps beside its checkpoints
+
+
+def load_data(config: ml_collections.ConfigDict, workdir: str):
+  """(tokenizer, train ids, val ids, write) for config.data; `write()` stores the prepared files in
+  WORKDIR/data, deferred so that a run refused later leaves the workdir as it was."""
+  d = config.data
+  if d.path:
+    raw, source = data_lib.read_corpus(d.path, d.url), os.path.abspath(d.path)
+  else:
+    raw, source = data_lib.stdlib_corpus(d.max_bytes), f'python-stdlib-{sys.version.split()[0]}'
+  if not raw:
+    raise GptjaxError(f'data file {d.path} is empty; give a text file with some content')
+  digest = hashlib.sha256(raw).hexdigest()
+  data_dir = os.path.join(workdir, 'data')
+  meta = data_lib.find_prepared(data_dir, digest, d.tokenizer, d.val_fraction)
+  if meta is not None:
+    tokenizer = data_lib.tokenizer_from_dict(meta['tokenizer'])
+    splits = {s: data_lib.load_split(data_dir, s) for s in ('train', 'val')}
+    write = lambda: None
+  else:
+    tokenizer, ids = data_lib.encode_corpus(raw, d.tokenizer, source)
+    n_val = int(round(len(ids) * d.val_fraction))
+    splits = {'train': ids[:len(ids) - n_val], 'val': ids[len(ids) - n_val:]}
+    write = lambda: data_lib.write_prepared(data_dir, tokenizer, ids, val_fraction=d.val_fraction,
+                                            source=source, digest=digest)
+  need = config.train.seq_len + 1
+  for name, split in splits.items():
+    if len(split) < need:
+      raise GptjaxError(f'the {name} split of {source} has {len(split)} tokens, fewer than '
+                        f'train.seq_len + 1 = {need}; use more text, a smaller --config.train.seq_len '
+                        'or a different --config.data.val_fraction')
+  return tokenizer, splits['train'], splits['val'], write
+
+
+def check_resumable(workdir: str, model_config: GPTConfig, tokenizer) -> None:
+  """Refuses a workdir whose run used another model shape or tokenizer than this config asks for."""
+  saved_config = os.path.join(workdir, 'config.json')
+  if not os.path.exists(saved_config):
+    return
+  with open(saved_config, encoding='utf-8') as f:
+    saved = json.load(f).get('model', {})
+  now = model_config.__dict__
+  differ = [f'model.{k}={saved[k]!r} (config asks {now[k]!r})' for k in now
+            if k in saved and saved[k] != now[k]]
+  saved_tok = os.path.join(workdir, 'tokenizer.json')
+  if os.path.exists(saved_tok):
+    old = data_lib.load_tokenizer(saved_tok)
+    if old.to_dict() != tokenizer.to_dict():
+      differ.append(f'tokenizer ({old.kind}, {old.vocab_size} ids; this data gives '
+                    f'{tokenizer.kind}, {tokenizer.vocab_size} ids)')
+  if differ:
+    raise GptjaxError(f'workdir {workdir} holds a run with a different setup: {", ".join(differ)}; '
+                      'pass a new --workdir to start fresh, or the same settings to resume')
+
+
+def save_run_files(workdir: str, config: ml_collections.ConfigDict, model_config: GPTConfig, tokenizer):
+  resolved = config.to_dict()
+  resolved['model'] = dict(model_config.__dict__)
+  data_lib.atomic_write(os.path.join(workdir, 'config.json'), json.dumps(resolved, indent=1))
+  data_lib.save_tokenizer(tokenizer, os.path.join(workdir, 'tokenizer.json'))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+class _StopRequest:
+  """Remembers a SIGTERM/SIGINT so the loop can checkpoint at the next step boundary and exit."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: signals cannot be caught here
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signal is not None:  # a second signal: stop now
+      signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+      raise KeyboardInterrupt
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class Preempted(Exception):
+  """Training stopped at a signal after saving a checkpoint; rerun the same command to resume."""
+
+
+def _next_boundary(step: int, tc: ml_collections.ConfigDict) -> int:
+  """The end of the chunk starting at `step`: the next multiple of steps_per_call or of an event
+  interval, or max_steps. Chunks fall on the same absolute grid in every run, so a resumed run
+  compiles and executes exactly the calls an uninterrupted one does."""
+  intervals = (tc.steps_per_call, tc.log_interval, tc.eval_interval, tc.checkpoint_interval)
+  return min([tc.max_steps] + [(step // n + 1) * n for n in intervals])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, restore_step: int | None = None,
+                       progress: bool = True) -> dict:
+  """Trains config in workdir, resuming from its latest checkpoint; returns the last metrics.
+
+  restore_step picks an older checkpoint to resume from (e.g. when the latest one is damaged).
+  """
+  parallel.initialize()
+  devices = parallel.local_devices(config.train.devices)
+  n_dev, n_proc, proc = len(devices), jax.process_count(), jax.process_index()
+  config_lib.validate(config, n_dev * n_proc)
+  tc = config.train
+
+  tokenizer, train_ids, val_ids, write_data = load_data(config, workdir)
+  model_config = config_lib.model_config(config, tokenizer.vocab_size)
+  checkpointer_dir = os.path.join(workdir, 'checkpoints')
+  check_resumable(workdir, model_config, tokenizer)
+
+  model = GPT(model_config)
+  tx, schedule = make_optimizer(tc)
+  state = init_state(model_config, tx, config.seed)
+  start = None
+  if os.path.isdir(checkpointer_dir):
+    checkpointer = ckpt_lib.Checkpointer(checkpointer_dir, tc.keep_checkpoints)
+    steps = checkpointer.steps()
+    if restore_step is not None and restore_step not in steps:
+      raise GptjaxError(f'no checkpoint at step {restore_step} in {checkpointer_dir}; there are {steps}')
+    start = restore_step if restore_step is not None else (steps[-1] if steps else None)
+    if start is not None:
+      state = checkpointer.restore(start, state)
+  # Everything is checked: from here on the run writes to its workdir.
+  os.makedirs(workdir, exist_ok=True)
+  write_data()
+  save_run_files(workdir, config, model_config, tokenizer)
+  checkpointer = ckpt_lib.Checkpointer(checkpointer_dir, tc.keep_checkpoints)
+
+  step = int(state.step)
+  log = tqdm.write if progress else (lambda s: print(s, flush=True))
+  n_params = count_params(state.params)
+  log(f'{n_params / 1e6:.2f}M parameters, vocab {model_config.vocab_size} ({tokenizer.kind}), '
+      f'{len(train_ids):,} train / {len(val_ids):,} val tokens, {n_dev} device(s) x {n_proc} host(s); '
+      + (f'resuming from step {step}' if start is not None else 'starting from scratch'))
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=step) if proc == 0 else None
+
+  step_fn = functools.partial(train_steps, model=model, tx=tx, skip_nonfinite=tc.nan_policy == 'skip')
+  p_train = jax.pmap(step_fn, axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,))
+  p_eval = jax.pmap(functools.partial(eval_step, model=model), axis_name=parallel.AXIS, devices=devices)
+  p_state = parallel.replicate(state, devices)
+  del state
+
+  def host_batch(ids, first_step, n_steps, stream):
+    """This host's rows of global batches first_step .. first_step + n_steps - 1, device-sharded."""
+    glob = np.stack([data_lib.batch_at(ids, seed=config.seed, step=s, batch_size=tc.batch_size,
+                                       seq_len=tc.seq_len, stream=stream)
+                     for s in range(first_step, first_step + n_steps)])
+    return parallel.shard(data_lib.host_rows(glob, proc, n_proc), n_dev, axis=1)
+
+  eval_batches = host_batch(val_ids, 0, tc.eval_iters, data_lib.EVAL_STREAM) if tc.eval_iters else None
+
+  def evaluate():
+    total, count = p_eval(p_state.params, eval_batches)
+    return float(total[0]) / float(count[0])
+
+  def save(at_step):
+    if at_step not in checkpointer.steps():
+      checkpointer.save(at_step, jax.device_get(parallel.unreplicate(p_state)))
+
+  last = {}
+  if step == 0 and tc.eval_iters:
+    last = {'val_loss': evaluate()}
+    if writer:
+      writer.write(0, **last)
+    log(f'step 0: val loss {last["val_loss"]:.4f}')
+  if step >= tc.max_steps:
+    log(f'{workdir} is already trained to step {step} (train.max_steps={tc.max_steps})')
+
+  tokens_per_step = tc.batch_size * tc.seq_len
+  window_losses, window_time, window_steps = [], 0.0, 0
+  compiled_lengths = set()
+  bar = tqdm(total=tc.max_steps, initial=step, disable=not progress, unit='step', dynamic_ncols=True)
+  try:
+    with _StopRequest() as stop:
+      while step < tc.max_steps:
+        end = _next_boundary(step, tc)
+        t0 = time.perf_counter()
+        batch = host_batch(train_ids, step, end - step, data_lib.TRAIN_STREAM)
+        p_state, metrics = p_train(p_state, batch)
+        losses = np.asarray(metrics['loss'][0])  # [steps]; waits for the call
+        elapsed = time.perf_counter() - t0
+        if end - step in compiled_lengths:  # the first call of a shape includes compilation
+          window_time += elapsed
+          window_steps += end - step
+        compiled_lengths.add(end - step)
+        if not np.isfinite(losses).all():
+          bad = step + int(np.argmin(np.isfinite(losses))) + 1
+          if tc.nan_policy == 'stop':
+            kept = checkpointer.latest_step()
+            raise GptjaxError(f'the loss is {losses[bad - step - 1]} at step {bad}: training stopped; the '
+                              f'last good checkpoint (step {kept}) is kept; lower train.learning_rate or '
+                              "set --config.train.nan_policy=skip")
+          log(f'skipped {int((~np.isfinite(losses)).sum())} update(s) with a non-finite loss '
+              f'before step {end}')
+        window_losses.extend(losses[np.isfinite(losses)].tolist())
+        step = end
+        bar.update(len(losses))
+
+        record = {}
+        if step % tc.log_interval == 0 or step == tc.max_steps:
+          record['train_loss'] = float(np.mean(window_losses)) if window_losses else float('nan')
+          record['lr'] = float(schedule(step - 1))
+          if window_time > 0:
+            record['tokens_per_sec'] = window_steps * tokens_per_step / window_time
+            record['ms_per_step'] = 1e3 * window_time / window_steps
+          window_losses, window_time, window_steps = [], 0.0, 0
+        if tc.eval_iters and (step % tc.eval_interval == 0 or step == tc.max_steps):
+          record['val_loss'] = evaluate()
+        if record:
+          last.update(record)
+          if writer:
+            writer.write(step, **record)
+          bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'lr'})
+          if 'val_loss' in record:
+            log(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in record.items()))
+        if step % tc.checkpoint_interval == 0 or step == tc.max_steps:
+          save(step)
+        if stop.signal is not None and step < tc.max_steps:
+          save(step)
+          checkpointer.wait()
+          raise Preempted(f'stopped by signal {stop.signal} at step {step}; checkpoint saved in '
+                          f'{checkpointer_dir}; run the same command again to resume')
+  finally:
+    bar.close()
+    checkpointer.close()
+    if writer:
+      writer.close()
+  last['step'] = step
+  return last
+
+
+def main():
+  from gptjax import cli
+  cli.train()
+
+
+if __name__ == '__main__':
+  main()

@@ -43,13 +43,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.max_bytes = 4_000_000  # only for the standard-library corpus
 
   c.train = ml_collections.ConfigDict()
-  c.train.seq_len = c.model.get_ref('block_size')  # training window; follows block_size unless set
+  c.train.seq_len = 0  # training window; 0: model.block_size
   c.train.batch_size = 16  # global batch: split over all devices of all hosts
   c.train.max_steps = 3000
   c.train.learning_rate = 1e-3
   c.train.min_lr = 1e-4
   c.train.warmup_steps = 100
-  c.train.decay_steps = c.train.get_ref('max_steps')  # cosine from warm-up end to here
+  c.train.decay_steps = 0  # cosine from warm-up end to here; 0: max_steps
   c.train.weight_decay = 0.1  # AdamW, on matrices and embeddings only
   c.train.beta1 = 0.9
   c.train.beta2 = 0.99
@@ -63,6 +63,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.nan_policy = 'stop'  # 'stop' at a NaN/Inf loss, or 'skip' the update of such a step
   c.train.devices = 0  # use this many local devices; 0 = all
   return c
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy with the fields left to their defaults filled in (seq_len, decay_steps)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.train.seq_len == 0:
+    config.train.seq_len = config.model.block_size
+  if config.train.decay_steps == 0:
+    config.train.decay_steps = config.train.max_steps
+  return config
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> GPTConfig:
@@ -85,13 +95,14 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> GPTConfi
 def validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
   """Raises GptjaxError naming every inconsistent field, before anything is computed or written."""
   problems = []
+  config = resolve(config)
   m, t, d = config.model, config.train, config.data
   try:
     GPTConfig(**{**m.to_dict(), 'vocab_size': m.vocab_size or 1})
   except (ValueError, TypeError) as e:
     problems.append(f'model: {e}')
-  if t.seq_len < 1:
-    problems.append(f'train.seq_len={t.seq_len} must be >= 1')
+  if t.seq_len < 0:
+    problems.append(f'train.seq_len={t.seq_len} must be >= 1 (or 0 for model.block_size)')
   if t.seq_len > m.block_size:
     problems.append(f'train.seq_len={t.seq_len} is larger than the {m.block_size} positions the model '
                     'supports (model.block_size)')
@@ -106,7 +117,7 @@ def validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
       problems.append(f'train.{name}={t[name]} must be >= 1')
   if t.learning_rate <= 0 or t.min_lr < 0:
     problems.append('train.learning_rate must be > 0 and train.min_lr >= 0')
-  if t.decay_steps < t.warmup_steps:
+  if t.decay_steps < 0 or t.decay_steps < t.warmup_steps:
     problems.append(f'train.decay_steps={t.decay_steps} is smaller than train.warmup_steps={t.warmup_steps}')
   if not (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1):
     problems.append('train.beta1 and train.beta2 must be in [0, 1)')

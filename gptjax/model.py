@@ -225,7 +225,7 @@ class GPT(nn.Module):
 def init_params(config: GPTConfig, rng: jax.Array) -> dict:
   """Fresh parameters for `config` (a plain nested dict of arrays)."""
   tokens = jnp.zeros((1, min(config.block_size, 8)), jnp.int32)
-  return GPT(config).init(rng, tokens)['params']
+  return jax.jit(GPT(config).init)(rng, tokens)['params']
 
 
 def count_params(params, exclude_positions: bool = True) -> int:

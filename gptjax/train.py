@@ -101,7 +101,7 @@ def train_step(state: TrainState, tokens: jax.Array, *, model: GPT, tx, skip_non
     loss, grads = jax.lax.pmean((loss, grads), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   if skip_nonfinite:
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
@@ -245,6 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
   devices = parallel.local_devices(config.train.devices)
   n_dev, n_proc, proc = len(devices), jax.process_count(), jax.process_index()
   config_lib.validate(config, n_dev * n_proc)
+  config = config_lib.resolve(config)
   tc = config.train
 
   tokenizer, train_ids, val_ids, write_data = load_data(config, workdir)

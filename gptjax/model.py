@@ -103,9 +103,9 @@ class CausalSelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, kv=None, pos=None, *, deterministic=True):
-    """x: [batch, seq, n_embd]. kv: this layer's cached (k, v) buffers or None; pos: [batch]."""
+    """x: [batch * seq, n_embd]; mask: [batch, seq, kv_len]; kv: this layer's cached (k, v) or None."""
     c = self.config
-    batch, seq, _ = x.shape
+    batch, seq, _ = mask.shape
     dense = lambda features, std, name: nn.Dense(
         features, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
         kernel_init=nn.initializers.normal(std), name=name)
@@ -117,7 +117,7 @@ class CausalSelfAttention(nn.Module):
     if kv is not None:  # decoding: write the new keys/values, then attend over the whole buffer
       kv = (kvc.write(kv[0], k, pos), kvc.write(kv[1], v, pos))
       k, v = kv
-    y = attention(q, k, v, mask, nn.Dropout(c.dropout), deterministic)
+    y = attention(q, k, v, mask, nn.Dropout(c.dropout), deterministic).reshape(batch * seq, -1)
     # Residual projections start smaller (GPT-2): the residual stream sums 2 * n_layer of them.
     y = dense(c.n_embd, 0.02 / math.sqrt(2 * c.n_layer), 'c_proj')(y)
     return nn.Dropout(c.dropout)(y, deterministic=deterministic), kv
@@ -201,6 +201,10 @@ class GPT(nn.Module):
       mask = kvc.visible(cache.pos, seq, cache.max_len)
 
     x = self.drop(self.embed(tokens, positions), deterministic=deterministic)
+    # The residual stream is kept 2-D, [batch * seq, n_embd]: every Dense is then a plain matrix
+    # product, for which XLA:CPU picks much faster layouts than for 3-D dot_generals (a train step
+    # of nanoGPT's CPU recipe went from ~72 to ~56 ms here).
+    x = x.reshape(batch * seq, c.n_embd)
     new_k, new_v = [], []
     for i, block in enumerate(self.h):
       kv = None if cache is None else (cache.k[i], cache.v[i])
@@ -216,7 +220,7 @@ class GPT(nn.Module):
         logits = logits + self.b_O
     else:
       logits = self.lm_head(x)  # h W_O + b_O
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(jnp.float32).reshape(batch, seq, -1)
     if cache is None:
       return logits
     return logits, kvc.KVCache(k=tuple(new_k), v=tuple(new_v), pos=cache.pos + seq)

@@ -1,0 +1,216 @@
+"""Decoding: the KV cache reproduces the full forward, the scan loop reproduces a naive loop,
+sampling strategies do what they say, rows are independent, and the seed's example generates."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import TINY
+from gptjax import decode
+from gptjax import kv_cache as kvc
+from gptjax import model as M
+from gptjax import train as T
+from gptjax.errors import GptjaxError
+
+CONFIG = M.GPTConfig(vocab_size=16, block_size=96, n_layer=2, n_head=2, n_embd=32)
+
+
+@pytest.fixture(scope='module')
+def params():
+  # Larger-than-default weights so the random model's next-token distribution is far from uniform
+  # and greedy choices are not decided by rounding.
+  p = M.init_params(CONFIG, jax.random.PRNGKey(0))
+  return jax.tree.map(lambda x: x * 8 if x.ndim == 2 else x, p)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def full_forward(config, params, tokens):
+  return M.GPT(config).apply({'params': params}, tokens)
+
+
+def test_cached_decoding_equals_full_forward_at_every_position(params):
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 40), 0, CONFIG.vocab_size)
+  full = full_forward(CONFIG, params, tokens)
+  gpt = M.GPT(CONFIG)
+  step = jax.jit(lambda p, t, c: gpt.apply({'params': p}, t, cache=c))
+  cache = kvc.init(CONFIG, 3, 40)
+  prefill_logits, cache = step(params, tokens[:, :10], cache)  # prefill 10, then one at a time
+  pieces = [prefill_logits]
+  for t in range(10, 40):
+    logits, cache = step(params, tokens[:, t:t + 1], cache)
+    pieces.append(logits)
+  cached = jnp.concatenate(pieces, axis=1)
+  # fp32; the cached path sums attention over 40 slots (masked ones are exact zeros) in a different
+  # order than the full one: differences stay at a few ulps of logits of size ~10.
+  np.testing.assert_allclose(np.asarray(cached), np.asarray(full), atol=1e-5, rtol=1e-5)
+  assert cache.pos.tolist() == [40, 40, 40]
+
+
+def naive_greedy(params, prompt, n_new):
+  """Re-runs the full forward on the whole sequence for every new token (no cache)."""
+  seq = np.zeros((1, CONFIG.block_size), np.int32)
+  seq[0, :len(prompt)] = prompt
+  n = len(prompt)
+  for _ in range(n_new):
+    # Causal, so the logits at n - 1 depend only on seq[:n]: the padding after it is never seen.
+    logits = full_forward(CONFIG, params, jnp.asarray(seq))
+    seq[0, n] = int(jnp.argmax(logits[0, n - 1]))
+    n += 1
+  return seq[0, len(prompt):n].tolist()
+
+
+def test_greedy_with_cache_equals_naive_loop_for_64_tokens(params):
+  prompt = [3, 1, 4, 1, 5]
+  out = decode.generate(params, CONFIG, [prompt], jax.random.PRNGKey(0), max_new_tokens=64,
+                        temperature=0.0)
+  assert out.tokens.shape == (1, 64) and int(out.lengths[0]) == 64
+  assert out.tokens[0].tolist() == naive_greedy(params, prompt, 64)
+  assert len(set(out.tokens[0].tolist())) > 2  # a non-degenerate sequence, so the match means something
+
+
+def test_ragged_batch_equals_each_prompt_alone(params):
+  prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [4, 4, 2]]
+  kwargs = dict(max_new_tokens=12, temperature=0.0)
+  batch = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), **kwargs)
+  for i, p in enumerate(prompts):
+    alone = decode.generate(params, CONFIG, [p], jax.random.PRNGKey(0), **kwargs)
+    assert batch.tokens[i].tolist() == alone.tokens[0].tolist()
+
+
+def test_ragged_prefill_logits_equal_each_prompt_alone(params):
+  prompts, lengths = decode.pad_prompts([[5, 6, 7, 8], [2, 3]])
+  cache = kvc.init(CONFIG, 2, 10)
+  logits, cache = decode.prefill(params, CONFIG, jnp.asarray(prompts), jnp.asarray(lengths), cache)
+  assert cache.pos.tolist() == [4, 2]
+  for i, n in enumerate(lengths):
+    alone = full_forward(CONFIG, params, jnp.asarray(prompts[i:i + 1, :n]))[0, -1]
+    np.testing.assert_allclose(np.asarray(logits[i]), np.asarray(alone), atol=1e-5, rtol=1e-5)
+
+
+def test_generate_compiles_once_per_shape(params):
+  decode._generate.clear_cache()
+  kwargs = dict(max_new_tokens=8, temperature=0.7, top_k=5)
+  decode.generate(params, CONFIG, [[1, 2, 3]], jax.random.PRNGKey(0), **kwargs)
+  assert decode._generate._cache_size() == 1
+  decode.generate(params, CONFIG, [[4, 5, 6]], jax.random.PRNGKey(1), **kwargs)  # new data, same shapes
+  assert decode._generate._cache_size() == 1
+  decode.generate(params, CONFIG, [[4, 5, 6, 7]], jax.random.PRNGKey(1), **kwargs)  # a new shape compiles
+  assert decode._generate._cache_size() == 2
+
+
+def test_sampling_is_reproducible_for_a_seed(params):
+  kwargs = dict(max_new_tokens=20, temperature=1.0)
+  a = decode.generate(params, CONFIG, [[1], [1]], jax.random.PRNGKey(5), **kwargs)
+  b = decode.generate(params, CONFIG, [[1], [1]], jax.random.PRNGKey(5), **kwargs)
+  c = decode.generate(params, CONFIG, [[1], [1]], jax.random.PRNGKey(6), **kwargs)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert not np.array_equal(a.tokens, c.tokens)
+
+
+def test_top_k_1_is_greedy(params):
+  greedy = decode.generate(params, CONFIG, [[7, 7]], jax.random.PRNGKey(0), max_new_tokens=30,
+                           temperature=0.0)
+  top1 = decode.generate(params, CONFIG, [[7, 7]], jax.random.PRNGKey(3), max_new_tokens=30,
+                         temperature=1.5, top_k=1)
+  np.testing.assert_array_equal(greedy.tokens, top1.tokens)
+
+
+def test_top_k_keeps_the_k_largest():
+  logits = jnp.log(jnp.array([[0.05, 0.4, 0.1, 0.3, 0.15]]))
+  kept = np.isfinite(np.asarray(decode.top_k_mask(logits, 3)))
+  assert kept.tolist() == [[False, True, False, True, True]]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+  probs = jnp.array([[0.05, 0.4, 0.1, 0.3, 0.15]])  # sorted: 0.4, 0.3, 0.15, 0.1, 0.05
+  logits = jnp.log(probs)
+  keep = lambda p: np.isfinite(np.asarray(decode.top_p_mask(logits, p)))[0].tolist()
+  assert keep(0.4) == [False, True, False, False, False]  # 0.4 alone reaches 0.4
+  assert keep(0.5) == [False, True, False, True, False]  # 0.4 < 0.5 <= 0.7
+  assert keep(0.69) == [False, True, False, True, False]  # two tokens hold 0.7
+  assert keep(0.71) == [False, True, False, True, True]  # past 0.7 the third is needed (0.85)
+  assert keep(1.0) == [True] * 5
+  assert keep(0.01) == [False, True, False, False, False]  # the top token always stays
+
+
+def test_top_p_sampling_never_leaves_the_nucleus():
+  logits = jnp.log(jnp.tile(jnp.array([[0.05, 0.4, 0.1, 0.3, 0.15]]), (2000, 1)))
+  tokens = decode.sample_logits(jax.random.PRNGKey(0), logits, decode.Sampling(1.0, 0, 0.6))
+  counts = np.bincount(np.asarray(tokens), minlength=5)
+  assert counts[[0, 2, 4]].sum() == 0
+  # Renormalised nucleus: 0.4/0.7 = 0.571 for token 1; binomial sd over 2000 draws is 0.011.
+  assert abs(counts[1] / 2000 - 0.4 / 0.7) < 0.05
+
+
+def test_temperature_sharpens_and_flattens():
+  logits = jnp.tile(jnp.array([[0.0, 1.0]]), (4000, 1))
+  frac = lambda t: float(decode.sample_logits(jax.random.PRNGKey(0), logits, decode.Sampling(t)).mean())
+  # P(token 1) = sigmoid(1 / t): 0.73 at t=1, 0.88 at t=0.5, 0.62 at t=2; sd of each estimate 0.008.
+  assert abs(frac(1.0) - 0.731) < 0.03
+  assert abs(frac(0.5) - 0.881) < 0.03
+  assert abs(frac(2.0) - 0.622) < 0.03
+
+
+def test_stop_tokens_end_rows_independently(params):
+  prompts = [[3, 1, 4], [2, 7], [5]]
+  free = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), max_new_tokens=20,
+                         temperature=0.0)
+  # Use as stop token the token row 0 greedily produces at its 5th step (and which row 0 had not
+  # produced before), so row 0 must stop there while others stop at their own first occurrence.
+  row0 = free.tokens[0].tolist()
+  stop = next(t for i, t in enumerate(row0) if i >= 4 and t not in row0[:i])
+  out = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), max_new_tokens=20,
+                        temperature=0.0, stop_tokens=[stop], pad_id=15)
+  for i in range(3):
+    full = free.tokens[i].tolist()
+    n = full.index(stop) if stop in full else 20
+    assert int(out.lengths[i]) == n
+    assert bool(out.stopped[i]) == (stop in full)
+    assert out.tokens[i].tolist() == full[:n] + [15] * (20 - n)  # padding after the stop
+  assert len({int(n) for n in out.lengths}) > 1  # rows really ended at different steps
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(max_new_tokens=95), 'exceeds the 96 positions'),
+    (dict(max_new_tokens=0), 'max_new_tokens=0'),
+    (dict(max_new_tokens=4, temperature=-1.0), 'temperature'),
+    (dict(max_new_tokens=4, top_k=17), 'top_k=17'),
+    (dict(max_new_tokens=4, top_p=0.0), 'top_p=0.0'),
+    (dict(max_new_tokens=4, top_p=1.5), 'top_p=1.5'),
+])
+def test_bad_generate_arguments_fail_before_compute(params, kwargs, words):
+  decode._generate.clear_cache()
+  with pytest.raises(GptjaxError, match=words):
+    decode.generate(params, CONFIG, [[1, 2]], jax.random.PRNGKey(0), **kwargs)
+  assert decode._generate._cache_size() == 0  # nothing was compiled or run
+
+
+def test_empty_prompt_is_refused(params):
+  with pytest.raises(GptjaxError, match='at least one token'):
+    decode.generate(params, CONFIG, [[]], jax.random.PRNGKey(0), max_new_tokens=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The seed's inference example
+
+WORDS = ['你', '是', '一', '只', '猫', '<end>']
+
+
+def test_seed_example_generates_shi_yi_zhi_mao_then_stops():
+  """Trained on "你 是 一 只 猫 <end>", greedy generation from "你" gives 是 一 只 猫 and stops."""
+  config = M.GPTConfig(vocab_size=len(WORDS), block_size=8, n_layer=2, n_head=2, n_embd=16)
+  tx = optax.adam(3e-2)
+  state = T.init_state(config, tx, seed=0)
+  sentence = jnp.array([[0, 1, 2, 3, 4, 5]])  # 你 是 一 只 猫 <end>
+  step = jax.jit(functools.partial(T.train_steps, model=M.GPT(config), tx=tx, axis_name=None))
+  state, metrics = step(state, jnp.broadcast_to(sentence, (100, 1, 6)))
+  assert float(metrics['loss'][-1]) < 0.01
+  out = decode.generate(state.params, config, [[WORDS.index('你')]], jax.random.PRNGKey(0),
+                        max_new_tokens=7, temperature=0.0, stop_tokens=[WORDS.index('<end>')])
+  words = [WORDS[t] for t in out.tokens[0, :int(out.lengths[0])].tolist()]
+  assert words == ['是', '一', '只', '猫']
+  assert bool(out.stopped[0])

@@ -97,7 +97,7 @@ def train() -> None:
                                             progress=f.progress)
     except train_lib.Preempted as e:
       print(str(e), file=sys.stderr)
-      sys.exit(1)
+      sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"
     shown = ', '.join(f'{k} {v:.4g}' for k, v in result.items() if k != 'step')
     print(f'done: step {result["step"]}' + (f', {shown}' if shown else '') + f'; workdir {workdir}')
 

@@ -127,17 +127,15 @@ def _generate(params, prompts, lengths, rng, *, config: GPTConfig, max_new_token
   state = DecodeState(cache=cache, token=first, rng=rng, done=done, length=(~done).astype(jnp.int32))
 
   def step(state: DecodeState, _):
-    def advance(state):
-      logits, cache = model.apply({'params': params}, state.token[:, None], cache=state.cache)
-      rng, step_rng = jax.random.split(state.rng)
-      token = sample_logits(step_rng, logits[:, 0], sampling)
-      done = state.done | _is_stop(token, stop_tokens)
-      return DecodeState(cache=cache, token=token, rng=rng, done=done,
-                         length=state.length + (~done).astype(jnp.int32))
-
-    # Once every row has stopped, the remaining steps only emit padding.
-    state = jax.lax.cond(jnp.all(state.done), lambda s: s, advance, state)
-    return state, jnp.where(state.done, pad_id, state.token)
+    # Rows that have stopped keep computing (the batch moves together) but emit padding. Skipping
+    # the step with lax.cond once all rows stop costs a copy of the whole cache at every step.
+    logits, cache = model.apply({'params': params}, state.token[:, None], cache=state.cache)
+    rng, step_rng = jax.random.split(state.rng)
+    token = sample_logits(step_rng, logits[:, 0], sampling)
+    done = state.done | _is_stop(token, stop_tokens)
+    state = DecodeState(cache=cache, token=token, rng=rng, done=done,
+                        length=state.length + (~done).astype(jnp.int32))
+    return state, jnp.where(done, pad_id, token)
 
   final, rest = jax.lax.scan(step, state, length=max_new_tokens - 1)  # rest: [max_new_tokens - 1, batch]
   tokens = jnp.concatenate([jnp.where(done, pad_id, first)[None], rest], axis=0).T

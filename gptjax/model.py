@@ -82,19 +82,25 @@ def sinusoidal_positions(n_pos: int, d: int) -> jax.Array:
 
 
 def attention(q, k, v, mask, dropout: nn.Module, deterministic: bool):
-  """Softmax(Q K^T / sqrt(d)) V with a boolean mask; returns [batch, seq, n_head * head_dim].
+  """Softmax(Q K^T / sqrt(d)) V; returns [batch, seq, n_head * head_dim].
 
-  q: [batch, seq, n_head, head_dim]; k, v: [batch, kv_len, n_kv_head, head_dim];
-  mask: [batch, seq, kv_len] (True = may attend). Each K/V head serves n_head // n_kv_head queries.
+  q: [batch, seq, n_head, head_dim]; k, v: [batch * n_kv_head, kv_len, head_dim] (the KV cache's
+  layout); mask: [batch, seq, kv_len], True where a query may attend. Each K/V head serves
+  n_head // n_kv_head query heads (grouped-query attention when n_kv_head < n_head).
   """
   batch, seq, n_head, head_dim = q.shape
-  n_kv = k.shape[2]
-  q = q.reshape(batch, seq, n_kv, n_head // n_kv, head_dim)  # [batch, seq, kv, group, head_dim]
-  scores = jnp.einsum('bskgd,blkd->bkgsl', q, k, preferred_element_type=jnp.float32)
-  scores = scores / math.sqrt(head_dim)
-  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+  n_kv = k.shape[0] // batch
+  group = n_head // n_kv
+  # [batch * n_kv, group * seq, head_dim]: each K/V head with all the queries it serves.
+  q = q.reshape(batch, seq, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
+  q = q.reshape(batch * n_kv, group * seq, head_dim)
+  scores = jnp.einsum('nqd,nld->nql', q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+  scores = scores.reshape(batch, n_kv, group, seq, -1)
+  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
-  out = jnp.einsum('bkgsl,blkd->bskgd', probs.astype(v.dtype), v)
+  probs = probs.reshape(batch * n_kv, group * seq, -1).astype(v.dtype)
+  out = jnp.einsum('nql,nld->nqd', probs, v)  # [batch * n_kv, group * seq, head_dim]
+  out = out.reshape(batch, n_kv, group, seq, head_dim).transpose(0, 3, 1, 2, 4)
   return out.reshape(batch, seq, n_head * head_dim)
 
 
@@ -103,7 +109,11 @@ class CausalSelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, kv=None, pos=None, *, deterministic=True):
-    """x: [batch * seq, n_embd]; mask: [batch, seq, kv_len]; kv: this layer's cached (k, v) or None."""
+    """x: [batch * seq, n_embd]; mask: [batch, seq, kv_len] (kv_len = seq, or the cache's max_len).
+
+    kv: this layer's cached (k, v) buffers [batch * n_kv_head, max_len, head_dim] or None;
+    pos: [batch] slots already filled. Returns (y [batch * seq, n_embd], updated kv or None).
+    """
     c = self.config
     batch, seq, _ = mask.shape
     dense = lambda features, std, name: nn.Dense(
@@ -112,8 +122,9 @@ class CausalSelfAttention(nn.Module):
     qkv = dense((c.n_head + 2 * c.kv_heads) * c.head_dim, 0.02, 'c_attn')(x)
     q, k, v = jnp.split(qkv, [c.n_head * c.head_dim, (c.n_head + c.kv_heads) * c.head_dim], axis=-1)
     q = q.reshape(batch, seq, c.n_head, c.head_dim)
-    k = k.reshape(batch, seq, c.kv_heads, c.head_dim)
-    v = v.reshape(batch, seq, c.kv_heads, c.head_dim)
+    to_heads = lambda t: (t.reshape(batch, seq, c.kv_heads, c.head_dim).transpose(0, 2, 1, 3)
+                          .reshape(batch * c.kv_heads, seq, c.head_dim))
+    k, v = to_heads(k), to_heads(v)  # [batch * n_kv_head, seq, head_dim]
     if kv is not None:  # decoding: write the new keys/values, then attend over the whole buffer
       kv = (kvc.write(kv[0], k, pos), kvc.write(kv[1], v, pos))
       k, v = kv
@@ -192,10 +203,9 @@ class GPT(nn.Module):
     c = self.config
     batch, seq = tokens.shape
     if cache is None:
-      positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
+      positions = jnp.arange(seq)[None, :]
       mask = jnp.ones((batch, seq, seq), bool)
-      if c.causal:
-        mask = jnp.tril(mask)
+      mask = jnp.tril(mask) if c.causal else mask
     else:
       positions = cache.pos[:, None] + jnp.arange(seq)[None, :]
       mask = kvc.visible(cache.pos, seq, cache.max_len)

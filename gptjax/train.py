@@ -226,6 +226,10 @@ class _StopRequest:
 class Preempted(Exception):
   """Training stopped at a signal after saving a checkpoint; rerun the same command to resume."""
 
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
 
 def _next_boundary(step: int, tc: ml_collections.ConfigDict) -> int:
   """The end of the chunk starting at `step`: the next multiple of steps_per_call or of an event
@@ -239,7 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
                        progress: bool = True) -> dict:
   """Trains config in workdir, resuming from its latest checkpoint; returns the last metrics.
 
-  restore_step picks an older checkpoint to resume from (e.g. when the latest one is damaged).
+  restore_step picks an older checkpoint to resume from (e.g. when the latest one is damaged); the
+  checkpoints after it are moved to WORKDIR/checkpoints.set_aside/, not deleted.
   """
   parallel.initialize()
   devices = parallel.local_devices(config.train.devices)
@@ -256,19 +261,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
   model = GPT(model_config)
   tx, schedule = make_optimizer(tc)
   state = init_state(model_config, tx, config.seed)
-  start = None
+  start, newer = None, []
   if os.path.isdir(checkpointer_dir):
-    checkpointer = ckpt_lib.Checkpointer(checkpointer_dir, tc.keep_checkpoints)
-    steps = checkpointer.steps()
+    steps = ckpt_lib.Checkpointer(checkpointer_dir, tc.keep_checkpoints, create=False).steps()
     if restore_step is not None and restore_step not in steps:
       raise GptjaxError(f'no checkpoint at step {restore_step} in {checkpointer_dir}; there are {steps}')
     start = restore_step if restore_step is not None else (steps[-1] if steps else None)
     if start is not None:
-      state = checkpointer.restore(start, state)
+      try:
+        state = ckpt_lib.Checkpointer(checkpointer_dir, create=False).restore(start, state)
+      except GptjaxError as e:
+        older = [s for s in steps if s < start]
+        hint = (f'; pass --restore_step={older[-1]} to resume from the previous checkpoint'
+                if older else '; no older checkpoint exists: pass a new --workdir to start fresh')
+        raise GptjaxError(str(e) + hint) from None
+      newer = [s for s in steps if s > start]
   # Everything is checked: from here on the run writes to its workdir.
   os.makedirs(workdir, exist_ok=True)
   write_data()
   save_run_files(workdir, config, model_config, tokenizer)
+  if newer:  # resuming from an older step: keep the later checkpoints, out of the way
+    aside = os.path.join(workdir, 'checkpoints.set_aside')
+    os.makedirs(aside, exist_ok=True)
+    for s in newer:
+      os.replace(os.path.join(checkpointer_dir, str(s)), os.path.join(aside, f'{s}-{int(time.time())}'))
   checkpointer = ckpt_lib.Checkpointer(checkpointer_dir, tc.keep_checkpoints)
 
   step = int(state.step)
@@ -364,7 +380,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
           save(step)
           checkpointer.wait()
           raise Preempted(f'stopped by signal {stop.signal} at step {step}; checkpoint saved in '
-                          f'{checkpointer_dir}; run the same command again to resume')
+                          f'{checkpointer_dir}; run the same command again to resume', stop.signal)
   finally:
     bar.close()
     checkpointer.close()

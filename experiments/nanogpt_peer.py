@@ -129,3 +129,14 @@ def train(train_ids: np.ndarray, val_ids: np.ndarray, vocab_size: int, *, max_it
     loss.item()  # nanoGPT reads the loss every iteration at log_interval=1
     step_ms.append((time.perf_counter() - t0) * 1e3)
   return dict(val_loss=val_loss, ms_per_iter=step_ms, wall_s=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def generate(model: NanoGPT, idx: torch.Tensor, max_new_tokens: int, block_size: int) -> torch.Tensor:
+  """nanoGPT's generate, greedy: no KV cache; every step re-runs the model on the whole context,
+  cropped to the last block_size tokens."""
+  model.eval()
+  for _ in range(max_new_tokens):
+    logits, _ = model(idx[:, -block_size:])
+    idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+  return idx

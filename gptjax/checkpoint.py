@@ -8,11 +8,24 @@ into place only once every file is written (and marks it finalized), so a step d
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
 
 from gptjax.errors import GptjaxError
+
+
+def _quiet_abandoned_reads() -> None:
+  """After a failed restore, tensorstore reads still in flight complete into orbax's closed event
+  loop and each would print an 'Event loop is closed' traceback; drop exactly those."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(unraisable.exc_value)):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -45,9 +58,11 @@ class Checkpointer:
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # orbax raises many types (ValueError, KeyError, OSError, tensorstore errors)
-      reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+      _quiet_abandoned_reads()
+      reason = (str(e).splitlines() or [type(e).__name__])[0]
+      reason = reason if len(reason) <= 160 else reason[:160] + '...'
       raise GptjaxError(f'checkpoint at step {step} ({os.path.join(self.directory, str(step))}) could not '
-                        f'be restored: {reason}') from None
+                        f'be restored ({reason})') from None
 
   def wait(self) -> None:
     """Blocks until every save started so far is complete on disk."""

@@ -9,6 +9,7 @@ sources, which ship with every Python, so it runs offline anywhere in a couple o
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import ml_collections
 
@@ -94,6 +95,14 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> GPTConfi
 
 def validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
   """Raises GptjaxError naming every inconsistent field, before anything is computed or written."""
+  try:
+    _validate(config, n_devices)
+  except (TypeError, AttributeError, KeyError) as e:  # a field of the wrong type, or missing
+    raise GptjaxError(f'config has a field of the wrong type or a missing one ({e}); compare it with '
+                      'gptjax/config.py') from None
+
+
+def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
   problems = []
   config = resolve(config)
   m, t, d = config.model, config.train, config.data
@@ -115,7 +124,10 @@ def validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
   for name in ('steps_per_call', 'log_interval', 'eval_interval', 'checkpoint_interval'):
     if t[name] < 1:
       problems.append(f'train.{name}={t[name]} must be >= 1')
-  if t.learning_rate <= 0 or t.min_lr < 0:
+  for name in ('learning_rate', 'min_lr', 'weight_decay', 'grad_clip', 'beta1', 'beta2'):
+    if not math.isfinite(t[name]):
+      problems.append(f'train.{name}={t[name]} must be a finite number')
+  if not (t.learning_rate > 0 and t.min_lr >= 0):
     problems.append('train.learning_rate must be > 0 and train.min_lr >= 0')
   if t.decay_steps < 0 or t.decay_steps < t.warmup_steps:
     problems.append(f'train.decay_steps={t.decay_steps} is smaller than train.warmup_steps={t.warmup_steps}')

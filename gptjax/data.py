@@ -62,7 +62,10 @@ class CharTokenizer:
     return ids
 
   def decode(self, ids) -> str:
-    return ''.join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))
+    ids = np.asarray(ids).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+      raise GptjaxError(f'token ids must be in [0, {self.vocab_size}) for this tokenizer')
+    return ''.join(self.chars[int(i)] for i in ids)
 
   def to_dict(self) -> dict:
     return {'kind': 'char', 'chars': self.chars}
@@ -75,11 +78,18 @@ class ByteTokenizer:
   vocab_size = 256
 
   def encode(self, text: str | bytes) -> np.ndarray:
-    data = text.encode('utf-8') if isinstance(text, str) else bytes(text)
+    try:
+      data = text.encode('utf-8') if isinstance(text, str) else bytes(text)
+    except UnicodeEncodeError as e:
+      raise GptjaxError(f'the text has a character UTF-8 cannot encode ({text[e.start]!r} at {e.start}); '
+                        'remove it') from None
     return np.frombuffer(data, np.uint8).astype(np.int32)
 
   def decode_bytes(self, ids) -> bytes:
-    return np.asarray(ids, np.int64).reshape(-1).astype(np.uint8).tobytes()
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() > 255):
+      raise GptjaxError('byte token ids must be in [0, 256)')
+    return ids.astype(np.uint8).tobytes()
 
   def decode(self, ids) -> str:
     """Text of the bytes; a sampled sequence that is not valid UTF-8 shows U+FFFD where it breaks."""
@@ -90,7 +100,9 @@ class ByteTokenizer:
 
 
 def _code_points(text: str) -> np.ndarray:
-  return np.frombuffer(text.encode('utf-32-le'), np.uint32)
+  # surrogatepass: a lone surrogate (e.g. from undecodable file names) is an unknown character,
+  # not a crash in the encoder.
+  return np.frombuffer(text.encode('utf-32-le', 'surrogatepass'), np.uint32)
 
 
 def tokenizer_from_dict(d: dict) -> Tokenizer:

@@ -37,13 +37,17 @@ class Sampling:
   top_k: int = 0
   top_p: float = 1.0
 
-  def check(self, vocab_size: int) -> None:
-    if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0 and np.isfinite(self.temperature)):
-      raise GptjaxError(f'temperature={self.temperature} must be a finite number >= 0 (0 = greedy)')
-    if not isinstance(self.top_k, (int, np.integer)) or not 0 <= self.top_k <= vocab_size:
-      raise GptjaxError(f'top_k={self.top_k} must be between 0 (off) and the vocabulary size {vocab_size}')
-    if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-      raise GptjaxError(f'top_p={self.top_p} must be in (0, 1] (1 = off)')
+  @classmethod
+  def checked(cls, temperature, top_k, top_p, vocab_size: int) -> 'Sampling':
+    """A Sampling from user values, or GptjaxError saying which one is out of range."""
+    real = lambda x: isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+    if not (real(temperature) and np.isfinite(temperature) and temperature >= 0):
+      raise GptjaxError(f'temperature={temperature} must be a finite number >= 0 (0 = greedy)')
+    if not (isinstance(top_k, (int, np.integer)) and not isinstance(top_k, bool) and 0 <= top_k <= vocab_size):
+      raise GptjaxError(f'top_k={top_k} must be an integer between 0 (off) and the vocabulary size {vocab_size}')
+    if not (real(top_p) and 0 < top_p <= 1):
+      raise GptjaxError(f'top_p={top_p} must be in (0, 1] (1 = off)')
+    return cls(float(temperature), int(top_k), float(top_p))
 
 
 def top_k_mask(logits: jax.Array, k: int) -> jax.Array:
@@ -114,17 +118,27 @@ def _is_stop(tokens: jax.Array, stop_tokens: tuple[int, ...]) -> jax.Array:
   return jnp.isin(tokens, jnp.asarray(stop_tokens, jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'max_new_tokens', 'sampling', 'stop_tokens', 'pad_id'))
-def _generate(params, prompts, lengths, rng, *, config: GPTConfig, max_new_tokens: int,
-              sampling: Sampling, stop_tokens: tuple[int, ...], pad_id: int) -> Generation:
-  batch, prompt_len = prompts.shape
-  model = GPT(config)
-  cache = kvc.init(config, batch, prompt_len + max_new_tokens)
+def start(params, config: GPTConfig, prompts: jax.Array, lengths: jax.Array, rng: jax.Array, *,
+          max_len: int, sampling: Sampling, stop_tokens: tuple[int, ...]) -> tuple[DecodeState, jax.Array]:
+  """Prefills a cache of max_len slots and samples each row's first new token.
+
+  Returns (state, first tokens [batch]); first tokens that are stop tokens are already marked done.
+  """
+  cache = kvc.init(config, prompts.shape[0], max_len)
   logits, cache = prefill(params, config, prompts, lengths, cache)
   rng, first_rng = jax.random.split(rng)
   first = sample_logits(first_rng, logits, sampling)
   done = _is_stop(first, stop_tokens)
-  state = DecodeState(cache=cache, token=first, rng=rng, done=done, length=(~done).astype(jnp.int32))
+  return DecodeState(cache=cache, token=first, rng=rng, done=done, length=(~done).astype(jnp.int32)), first
+
+
+def decode_loop(params, config: GPTConfig, state: DecodeState, steps: int, *, sampling: Sampling,
+                stop_tokens: tuple[int, ...] = (), pad_id: int = 0) -> tuple[DecodeState, jax.Array]:
+  """`steps` decode steps in one lax.scan: feed each row's last token, sample the next.
+
+  Returns (final state, tokens [steps, batch]) with pad_id for rows that have stopped.
+  """
+  model = GPT(config)
 
   def step(state: DecodeState, _):
     # Rows that have stopped keep computing (the batch moves together) but emit padding. Skipping
@@ -137,8 +151,17 @@ def _generate(params, prompts, lengths, rng, *, config: GPTConfig, max_new_token
                         length=state.length + (~done).astype(jnp.int32))
     return state, jnp.where(done, pad_id, token)
 
-  final, rest = jax.lax.scan(step, state, length=max_new_tokens - 1)  # rest: [max_new_tokens - 1, batch]
-  tokens = jnp.concatenate([jnp.where(done, pad_id, first)[None], rest], axis=0).T
+  return jax.lax.scan(step, state, length=steps)
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'max_new_tokens', 'sampling', 'stop_tokens', 'pad_id'))
+def _generate(params, prompts, lengths, rng, *, config: GPTConfig, max_new_tokens: int,
+              sampling: Sampling, stop_tokens: tuple[int, ...], pad_id: int) -> Generation:
+  state, first = start(params, config, prompts, lengths, rng, max_len=prompts.shape[1] + max_new_tokens,
+                       sampling=sampling, stop_tokens=stop_tokens)
+  final, rest = decode_loop(params, config, state, max_new_tokens - 1, sampling=sampling,
+                            stop_tokens=stop_tokens, pad_id=pad_id)  # rest: [max_new_tokens - 1, batch]
+  tokens = jnp.concatenate([jnp.where(state.done, pad_id, first)[None], rest], axis=0).T
   return Generation(tokens=tokens, lengths=final.length, stopped=final.done)
 
 
@@ -161,26 +184,41 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
   top_p < 1 keeps the nucleus. A row stops at any of stop_tokens (not included in its output).
   Rows are independent: each equals generating that prompt alone with the same rng.
   """
-  if lengths is None:
-    if isinstance(prompts, (list, tuple)):
-      prompts, lengths = pad_prompts(prompts, pad_id)
-    else:
-      prompts = np.asarray(prompts)
-      lengths = np.full((prompts.shape[0],), prompts.shape[1], np.int32)
-  prompts, lengths = np.asarray(prompts, np.int32), np.asarray(lengths, np.int32)
-  if prompts.ndim != 2 or prompts.shape[0] == 0 or lengths.shape != prompts.shape[:1]:
-    raise GptjaxError(f'prompts must be [batch, prompt_len] with lengths [batch]; got {prompts.shape} '
-                      f'and {lengths.shape}')
-  if lengths.min() < 1:
-    raise GptjaxError('every prompt needs at least one token (an empty prompt has nothing to continue)')
-  if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+  prompts, lengths, sampling, stop_tokens = check_request(
+      config, prompts, lengths, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id)
+  return _generate(params, prompts, lengths, rng, config=config, max_new_tokens=int(max_new_tokens),
+                   sampling=sampling, stop_tokens=stop_tokens, pad_id=int(pad_id))
+
+
+def check_request(config: GPTConfig, prompts, lengths, max_new_tokens, temperature, top_k, top_p,
+                  stop_tokens=(), pad_id=0):
+  """Validates generate()'s arguments before any compute: returns (prompts [batch, prompt_len]
+  int32, lengths [batch] int32, Sampling, stop tokens) or raises GptjaxError saying what is wrong."""
+  integer = lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+  if not integer(max_new_tokens) or max_new_tokens < 1:
     raise GptjaxError(f'max_new_tokens={max_new_tokens} must be an integer >= 1')
+  if not integer(pad_id) or not all(integer(t) for t in stop_tokens):
+    raise GptjaxError('pad_id and stop_tokens must be integer token ids')
+  try:
+    if lengths is None and isinstance(prompts, (list, tuple)):
+      prompts, lengths = pad_prompts(prompts, pad_id)
+    prompts = np.asarray(prompts)
+    if lengths is None and prompts.ndim == 2:
+      lengths = np.full((prompts.shape[0],), prompts.shape[1], np.int32)
+    lengths = np.asarray(lengths)
+  except (TypeError, ValueError) as e:
+    raise GptjaxError(f'prompts must be token id lists or a [batch, prompt_len] array ({e})') from None
+  if (prompts.ndim != 2 or prompts.shape[0] == 0 or lengths.shape != prompts.shape[:1]
+      or not np.issubdtype(prompts.dtype, np.integer) or not np.issubdtype(lengths.dtype, np.integer)):
+    raise GptjaxError(f'prompts must be integer token ids [batch, prompt_len] with lengths [batch]; got '
+                      f'{prompts.dtype}{list(prompts.shape)} and {lengths.dtype}{list(lengths.shape)}')
+  if lengths.min() < 1 or lengths.max() > prompts.shape[1]:
+    raise GptjaxError('every prompt needs at least one token (an empty prompt has nothing to continue)'
+                      if lengths.min() < 1 else 'a prompt length exceeds the prompt array')
   if prompts.shape[1] + max_new_tokens > config.block_size:
     raise GptjaxError(f'prompt ({prompts.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the '
                       f'{config.block_size} positions the model supports; shorten one of them')
   if prompts.min() < 0 or prompts.max() >= config.vocab_size:
     raise GptjaxError(f'prompt token ids must be in [0, {config.vocab_size})')
-  sampling = Sampling(float(temperature), int(top_k), float(top_p))
-  sampling.check(config.vocab_size)
-  return _generate(params, prompts, lengths, rng, config=config, max_new_tokens=int(max_new_tokens),
-                   sampling=sampling, stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id))
+  sampling = Sampling.checked(temperature, top_k, top_p, config.vocab_size)
+  return prompts.astype(np.int32), lengths.astype(np.int32), sampling, tuple(int(t) for t in stop_tokens)

@@ -32,8 +32,11 @@ def read_jsonl(path: str) -> list[dict]:
 class MetricsWriter:
   """Appends metric records to metrics.jsonl and, if tensorboardX is installed, TensorBoard."""
 
-  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
+  def __init__(self, workdir: str, resume_step: int | None = None, tensorboard: bool = True):
+    """resume_step: the checkpoint step the run continues from (None: from scratch). Records after
+    it were written by the interrupted run past its last checkpoint; the run will write them again."""
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    resume_step = -1 if resume_step is None else resume_step
     kept = [r for r in read_jsonl(self.path) if r['step'] <= resume_step]
     if os.path.exists(self.path):  # rewrite without lines past the checkpoint we resume from
       atomic_write(self.path, ''.join(json.dumps(r) + '\n' for r in kept))

@@ -46,6 +46,11 @@ class GPTConfig:
 
   def __post_init__(self):
     problems = []
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      kind = {'int': int, 'float': (int, float), 'bool': bool, 'str': str}[f.type]
+      if not isinstance(value, kind) or (f.type in ('int', 'float') and isinstance(value, bool)):
+        raise ValueError(f'{f.name}={value!r} must be of type {f.type}')
     for name in ('vocab_size', 'block_size', 'n_layer', 'n_head', 'n_embd'):
       if getattr(self, name) < 1:
         problems.append(f'{name}={getattr(self, name)} must be >= 1')

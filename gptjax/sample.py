@@ -57,7 +57,7 @@ def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int = 200,
   if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise GptjaxError(f'max_new_tokens={max_new_tokens} must be an integer >= 1')
   params, model_config, tokenizer, _ = load_run(workdir, step)
-  decode.Sampling(temperature, top_k, top_p).check(model_config.vocab_size)
+  decode.Sampling.checked(temperature, top_k, top_p, model_config.vocab_size)
   ids = tokenizer.encode(prompt)
   stop_ids = tokenizer.encode(stop) if stop else []
   result = decode.generate(

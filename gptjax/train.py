@@ -61,8 +61,10 @@ def make_optimizer(tc: ml_collections.ConfigDict):
       decay_steps=max(tc.decay_steps, tc.warmup_steps + 1), end_value=tc.min_lr)
   adamw = optax.adamw(schedule, b1=tc.beta1, b2=tc.beta2, weight_decay=tc.weight_decay,
                       mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params))
-  tx = optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw) if tc.grad_clip else adamw
-  return tx, schedule
+  # The clip stays in the chain when off (as identity), so the optimizer state has the same
+  # structure either way and a run can resume with clipping switched on or off.
+  clip = optax.clip_by_global_norm(tc.grad_clip) if tc.grad_clip else optax.identity()
+  return optax.chain(clip, adamw), schedule
 
 
 def init_state(model_config: GPTConfig, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -272,8 +274,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
         state = ckpt_lib.Checkpointer(checkpointer_dir, create=False).restore(start, state)
       except GptjaxError as e:
         older = [s for s in steps if s < start]
-        hint = (f'; pass --restore_step={older[-1]} to resume from the previous checkpoint'
-                if older else '; no older checkpoint exists: pass a new --workdir to start fresh')
+        if 'do not match' in str(e) or 'mismatch' in str(e):
+          hint = ('; its training state does not have the structure this config gives: resume with the '
+                  f'settings in {os.path.join(workdir, "config.json")}, or pass a new --workdir')
+        elif older:
+          hint = f'; pass --restore_step={older[-1]} to resume from the previous checkpoint'
+        else:
+          hint = '; no older checkpoint exists: pass a new --workdir to start fresh'
         raise GptjaxError(str(e) + hint) from None
       newer = [s for s in steps if s > start]
   # Everything is checked: from here on the run writes to its workdir.
@@ -293,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
   log(f'{n_params / 1e6:.2f}M parameters, vocab {model_config.vocab_size} ({tokenizer.kind}), '
       f'{len(train_ids):,} train / {len(val_ids):,} val tokens, {n_dev} device(s) x {n_proc} host(s); '
       + (f'resuming from step {step}' if start is not None else 'starting from scratch'))
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=step) if proc == 0 else None
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if proc == 0 else None
 
   step_fn = functools.partial(train_steps, model=model, tx=tx, skip_nonfinite=tc.nan_policy == 'skip')
   p_train = jax.pmap(step_fn, axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,))

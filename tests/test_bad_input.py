@@ -1,0 +1,152 @@
+"""Every bad input gets one line `error: ...` (exit status 2, no traceback) and changes nothing in
+an existing workdir."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_reliability import tree_digest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, 'configs', 'tiny.py')
+POEM = ('The quick brown fox jumps over the lazy dog.\n'
+        'Pack my box with five dozen liquor jugs!\n') * 40
+
+
+def cli(module, *args, env=None):
+  return subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
+                        cwd=ROOT, env={**os.environ, 'XLA_FLAGS': '', **(env or {})}, timeout=300)
+
+
+def assert_one_line_error(proc, *words):
+  err = proc.stderr.strip()
+  assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+  assert len(err.splitlines()) == 1 and err.startswith('error: '), err
+  assert 'Traceback' not in proc.stderr
+  for w in words:
+    assert w in err, (w, err)
+
+
+@pytest.fixture(scope='module')
+def byte_run(tmp_path_factory):
+  """A finished tiny byte-level run: the existing workdir that bad runs must leave alone."""
+  workdir = str(tmp_path_factory.mktemp('bad') / 'byte')
+  proc = cli('gptjax.train', f'--config={TINY}', f'--workdir={workdir}', '--config.train.max_steps=10',
+             '--config.train.checkpoint_interval=10', '--noprogress')
+  assert proc.returncode == 0, proc.stderr
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def char_run(tmp_path_factory):
+  """A finished tiny char-level run on a small text (for the sampling errors)."""
+  base = tmp_path_factory.mktemp('bad')
+  (base / 'poem.txt').write_text(POEM)
+  workdir = str(base / 'char')
+  proc = cli('gptjax.train', f'--config={TINY}', f'--workdir={workdir}', '--config.train.max_steps=10',
+             '--config.train.checkpoint_interval=10', f'--config.data.path={base / "poem.txt"}',
+             '--config.data.tokenizer=char', '--noprogress')
+  assert proc.returncode == 0, proc.stderr
+  return workdir
+
+
+def bad_file(tmp_path, kind):
+  path = tmp_path / f'{kind}.txt'
+  if kind == 'empty':
+    path.write_bytes(b'')
+  elif kind == 'latin1':
+    path.write_bytes('café crème brûlée\n'.encode('latin-1') * 10)
+  elif kind == 'short':
+    path.write_text('tiny text')  # 9 bytes: the val split cannot hold a window of 33 tokens
+  return str(path)
+
+
+TRAIN_CASES = {
+    'unknown field': (['--config.model.n_layr=3'], ['unknown config field --config.model.n_layr',
+                                                     "did you mean 'n_layer'"]),
+    'wrong type': (['--config.model.n_layer=abc'], ['--config.model.n_layer=abc', 'invalid literal']),
+    'heads do not divide width': (['--config.model.n_head=3'], ['n_embd=32 is not divisible by n_head=3']),
+    'seq_len beyond positions': (['--config.train.seq_len=64'],
+                                 ['train.seq_len=64 is larger than the 32 positions', 'model.block_size']),
+    'missing data file': (['--config.data.path=/nonexistent/corpus.txt'],
+                          ['/nonexistent/corpus.txt does not exist']),
+    'empty data file': ('empty', ['empty.txt is empty']),
+    'not utf-8 for char': ('latin1', ['latin1.txt is not UTF-8', '--config.data.tokenizer=byte']),
+    'shorter than a window': ('short', ['fewer than train.seq_len + 1 = 33']),
+    'different model shape': (['--config.model.n_layer=3'],
+                              ['holds a run with a different setup', 'model.n_layer=2 (config asks 3)',
+                               'new --workdir']),
+    'different tokenizer': (['--config.data.tokenizer=char'], ['tokenizer (byte, 256 ids; this data gives char']),
+    'unknown tokenizer': (['--config.data.tokenizer=bpe'], ["data.tokenizer='bpe'"]),
+    'stray argument': (['extra'], ['unexpected arguments']),
+    'missing config file': (['--config=configs/nope.py'], ['config file', 'does not exist']),
+}
+
+
+@pytest.mark.parametrize('case', sorted(TRAIN_CASES))
+def test_bad_train_input(case, byte_run, tmp_path):
+  args, words = TRAIN_CASES[case]
+  if isinstance(args, str):  # a bad data file of that kind
+    args = [f'--config.data.path={bad_file(tmp_path, args)}', '--config.data.tokenizer=char']
+  config = [] if any(a.startswith('--config=') for a in args) else [f'--config={TINY}']
+  before = tree_digest(byte_run)
+  proc = cli('gptjax.train', *config, f'--workdir={byte_run}', *args, '--noprogress')
+  assert_one_line_error(proc, *words)
+  assert tree_digest(byte_run) == before
+
+
+def test_batch_not_divisible_by_devices(byte_run):
+  before = tree_digest(byte_run)
+  proc = cli('gptjax.train', f'--config={TINY}', f'--workdir={byte_run}', '--config.train.batch_size=12',
+             env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert_one_line_error(proc, 'train.batch_size=12 is not divisible by the 8 devices')
+  assert tree_digest(byte_run) == before
+
+
+def test_debug_flag_shows_the_traceback(byte_run):
+  proc = cli('gptjax.train', f'--config={TINY}', f'--workdir={byte_run}', '--config.model.n_layer=3',
+             '--debug')
+  assert proc.returncode != 0 and 'Traceback' in proc.stderr
+
+
+SAMPLE_CASES = {
+    'character outside the vocabulary': (['--prompt=The ✓ fox'], ["not in the tokenizer vocabulary: '✓'"]),
+    'empty prompt': (['--prompt='], ['the prompt is empty']),
+    'beyond the context': (['--prompt=The', '--max_new_tokens=40'],
+                           ['prompt (3 tokens) + max_new_tokens (40) exceeds the 32 positions']),
+    'negative temperature': (['--temperature=-0.5'], ['temperature=-0.5 must be']),
+    'negative top_k': (['--top_k=-1'], ['top_k=-1 must be an integer between 0']),
+    'top_k beyond vocabulary': (['--top_k=1000'], ['top_k=1000', 'vocabulary size']),
+    'top_p zero': (['--top_p=0'], ['top_p=0.0 must be in (0, 1]']),
+    'top_p above one': (['--top_p=1.5'], ['top_p=1.5 must be in (0, 1]']),
+    'zero new tokens': (['--max_new_tokens=0'], ['max_new_tokens=0']),
+}
+
+
+@pytest.mark.parametrize('case', sorted(SAMPLE_CASES))
+def test_bad_sample_input(case, char_run):
+  args, words = SAMPLE_CASES[case]
+  if not any(a.startswith('--prompt') for a in args):
+    args = ['--prompt=The', '--max_new_tokens=10'] + args
+  before = tree_digest(char_run)
+  proc = cli('gptjax.sample', f'--workdir={char_run}', *args)
+  assert_one_line_error(proc, *words)
+  assert tree_digest(char_run) == before
+
+
+def test_sample_from_a_workdir_without_checkpoint(tmp_path):
+  proc = cli('gptjax.sample', f'--workdir={tmp_path}', '--prompt=hi')
+  assert_one_line_error(proc, 'is not a run directory')
+  assert os.listdir(tmp_path) == []
+  (tmp_path / 'config.json').write_text('{}')
+  (tmp_path / 'tokenizer.json').write_text('{"kind": "byte"}')
+  proc = cli('gptjax.sample', f'--workdir={tmp_path}', '--prompt=hi')
+  assert_one_line_error(proc, 'has no checkpoint yet')
+
+
+def test_sample_reads_a_good_prompt(char_run):
+  proc = cli('gptjax.sample', f'--workdir={char_run}', '--prompt=The quick', '--max_new_tokens=8',
+             '--temperature=0')
+  assert proc.returncode == 0 and len(proc.stdout) > 0, proc.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import jax
 import orbax.checkpoint as ocp
@@ -16,16 +17,28 @@ import orbax.checkpoint as ocp
 from gptjax.errors import GptjaxError
 
 
+def _closed_loop_error(exc) -> bool:
+  return isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc)
+
+
 def _quiet_abandoned_reads() -> None:
-  """After a failed restore, tensorstore reads still in flight complete into orbax's closed event
-  loop and each would print an 'Event loop is closed' traceback; drop exactly those."""
-  previous = sys.unraisablehook
+  """When a restore fails, tensorstore reads still in flight complete into orbax's closed event
+  loop, and each would print an 'Event loop is closed' traceback (from other threads, at any time
+  after). Drop exactly those; every other error is reported as before. Idempotent."""
+  if getattr(sys.unraisablehook, '_gptjax_filter', False):
+    return
+  previous_unraisable, previous_thread = sys.unraisablehook, threading.excepthook
 
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(unraisable.exc_value)):
-      previous(unraisable)
+  def unraisable(info):
+    if not _closed_loop_error(info.exc_value):
+      previous_unraisable(info)
 
-  sys.unraisablehook = hook
+  def thread(info):
+    if not _closed_loop_error(info.exc_value):
+      previous_thread(info)
+
+  unraisable._gptjax_filter = True
+  sys.unraisablehook, threading.excepthook = unraisable, thread
 
 
 class Checkpointer:
@@ -55,10 +68,10 @@ class Checkpointer:
     Raises GptjaxError naming the step and its path if the files cannot be read.
     """
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    _quiet_abandoned_reads()  # before the read starts: a failing one prints from other threads
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # orbax raises many types (ValueError, KeyError, OSError, tensorstore errors)
-      _quiet_abandoned_reads()
       reason = (str(e).splitlines() or [type(e).__name__])[0]
       reason = reason if len(reason) <= 160 else reason[:160] + '...'
       raise GptjaxError(f'checkpoint at step {step} ({os.path.join(self.directory, str(step))}) could not '

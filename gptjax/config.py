@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.seq_len = 0  # training window; 0: model.block_size
   c.train.batch_size = 16  # global batch: split over all devices of all hosts
-  c.train.max_steps = 3000
+  c.train.max_steps = 1000
   c.train.learning_rate = 1e-3
   c.train.min_lr = 1e-4
   c.train.warmup_steps = 100
@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_interval = 50
   c.train.eval_interval = 500
   c.train.eval_iters = 20  # validation batches per evaluation
-  c.train.checkpoint_interval = 1000
+  c.train.checkpoint_interval = 500
   c.train.keep_checkpoints = 3
   c.train.nan_policy = 'stop'  # 'stop' at a NaN/Inf loss, or 'skip' the update of such a step
   c.train.devices = 0  # use this many local devices; 0 = all

@@ -73,6 +73,7 @@ class Checkpointer:
       return self._manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # orbax raises many types (ValueError, KeyError, OSError, tensorstore errors)
       reason = (str(e).splitlines() or [type(e).__name__])[0]
+      reason = reason.split(' See full TensorStore details')[0].rstrip('. ')  # a repr of a bound method
       reason = reason if len(reason) <= 160 else reason[:160] + '...'
       raise GptjaxError(f'checkpoint at step {step} ({os.path.join(self.directory, str(step))}) could not '
                         f'be restored ({reason})') from None

@@ -107,7 +107,8 @@ def train() -> None:
 def sample() -> None:
   flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/ and tokenizer.json.')
   flags.DEFINE_string('prompt', '\n', 'Text to continue.')
-  flags.DEFINE_integer('max_new_tokens', 200, 'Tokens to generate per sample.')
+  flags.DEFINE_integer('max_new_tokens', None,
+                       "Tokens to generate per sample (default: up to the end of the model's context).")
   flags.DEFINE_float('temperature', 0.8, 'Softmax temperature; 0 = greedy.')
   flags.DEFINE_integer('top_k', 0, 'Keep the k most likely tokens (0 = all).')
   flags.DEFINE_float('top_p', 1.0, 'Keep the smallest set of tokens whose probability reaches p.')

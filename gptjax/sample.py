@@ -1,6 +1,6 @@
 """Sampling text from a trained run: load its checkpoint and tokenizer, then `decode.generate`.
 
-Run: python -m gptjax.sample --workdir=runs/shakespeare_char --prompt="ROMEO:" --max_new_tokens=200
+Run: python -m gptjax.sample --workdir=runs/shakespeare_char --prompt="ROMEO:" --max_new_tokens=50
 """
 
 from __future__ import annotations
@@ -45,20 +45,28 @@ def load_run(workdir: str, step: int | None = None):
   return state.params, model_config, tokenizer, step
 
 
-def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8,
+def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int | None = None, temperature: float = 0.8,
                         top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1,
                         stop: str = '', step: int | None = None) -> list[str]:
-  """num_samples continuations of prompt (the prompt itself not included), cut at `stop` if given."""
+  """num_samples continuations of prompt (the prompt itself not included), cut at `stop` if given.
+
+  max_new_tokens=None generates up to the end of the model's context (block_size positions).
+  """
   if not prompt:
     raise GptjaxError('the prompt is empty; give at least one character with --prompt')
   if num_samples < 1:
     raise GptjaxError(f'num_samples={num_samples} must be >= 1')
   # Cheap argument checks before loading anything.
-  if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+  if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
     raise GptjaxError(f'max_new_tokens={max_new_tokens} must be an integer >= 1')
   params, model_config, tokenizer, _ = load_run(workdir, step)
   decode.Sampling.checked(temperature, top_k, top_p, model_config.vocab_size)
   ids = tokenizer.encode(prompt)
+  if max_new_tokens is None:
+    if len(ids) >= model_config.block_size:
+      raise GptjaxError(f'the prompt ({len(ids)} tokens) fills the {model_config.block_size} positions the '
+                        'model supports, leaving no room to generate; shorten it')
+    max_new_tokens = model_config.block_size - len(ids)
   stop_ids = tokenizer.encode(stop) if stop else []
   result = decode.generate(
       params, model_config, [ids] * num_samples, jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,

@@ -150,3 +150,12 @@ def test_sample_reads_a_good_prompt(char_run):
   proc = cli('gptjax.sample', f'--workdir={char_run}', '--prompt=The quick', '--max_new_tokens=8',
              '--temperature=0')
   assert proc.returncode == 0 and len(proc.stdout) > 0, proc.stderr
+
+
+def test_sample_fills_the_context_by_default(char_run):
+  """Without --max_new_tokens a sample runs to the end of the model's 32 positions (never past them)."""
+  proc = cli('gptjax.sample', f'--workdir={char_run}', '--prompt=The', '--temperature=0')
+  assert proc.returncode == 0, proc.stderr
+  assert len(proc.stdout) == (32 - 3) + 1  # char tokenizer: one character per token, plus print's newline
+  full = cli('gptjax.sample', f'--workdir={char_run}', '--prompt=' + 'The fox ' * 4)  # 32 characters
+  assert_one_line_error(full, 'the prompt (32 tokens) fills the 32 positions')

@@ -161,3 +161,24 @@ def test_finished_run_is_not_retrained(tmp_path):
   result = _train(tmp_path, **{'train.max_steps': 20})
   assert result['step'] == 20
   assert open(tmp_path / 'metrics.jsonl').read() == before
+
+
+def test_training_compiles_a_fixed_number_of_programs_whatever_its_length(tmp_path):
+  """Each shape is compiled once: a run of 12 calls lowers exactly as many programs to XLA as a run of
+  one (a step that recompiles on its second call, e.g. because the state it returns is placed
+  differently from the state it was given, would add at least one)."""
+  lowered = []
+  listener = lambda event, duration, **kw: lowered.append(event) if event.endswith(
+      'jaxpr_to_mlir_module_duration') else None
+  _train(tmp_path / 'warm', **{'train.max_steps': 20})  # process-wide caches (eager ops) filled once
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    counts = []
+    for steps in (5, 60):  # 1 and 12 calls of train_steps (5 steps each), 2 and 4 evaluations
+      lowered.clear()
+      _train(tmp_path / str(steps), **{'train.max_steps': steps})
+      counts.append(len(lowered))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert counts[0] >= 2, counts  # the listener sees the step and eval programs of a fresh run
+  assert counts[0] == counts[1], counts

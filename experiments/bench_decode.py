@@ -27,21 +27,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nanogpt_peer  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 from gptjax import decode, model as M  # noqa: E402
 
 VOCAB, N_LAYER, N_HEAD, N_EMBD, NEW = 65, 4, 4, 128, 500
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def timed(fn, repeats):
-  fn()  # warm-up (compilation for gptjax)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def gptjax_generate(params, config, batch, new=NEW, prompt_len=1):
@@ -103,8 +94,8 @@ def latency_curve(params, config, positions, repeats, n=64):
   for pos in positions:
     tokens, lengths = jnp.zeros((1, pos), jnp.int32), jnp.full((1,), pos, jnp.int32)
     state, _ = prefill(params, tokens, lengths, jax.random.PRNGKey(0), max_len=pos + n)
-    sized.append(timed(lambda: jax.block_until_ready(steps(params, state)[1]), repeats) / n)
-    recompute.append(timed(lambda: jax.block_until_ready(full(params, tokens)), repeats))
+    sized.append(median_seconds(lambda: jax.block_until_ready(steps(params, state)[1]), repeats) / n)
+    recompute.append(median_seconds(lambda: jax.block_until_ready(full(params, tokens)), repeats))
   return long_gen, sized, recompute
 
 
@@ -136,7 +127,7 @@ def main():
     ]
     results = {}
     for name, fn, repeats in contenders:
-      results[name] = batch * NEW / timed(fn, repeats)
+      results[name] = batch * NEW / median_seconds(fn, repeats)
       print(f'batch {batch}: {name}: {results[name]:,.0f} tokens/s', flush=True)
     hf_cached = results['HF transformers generate, KV cache']
     rows += [(batch, name, tps, tps / hf_cached) for name, tps in results.items()]

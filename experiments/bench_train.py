@@ -84,7 +84,6 @@ def main():
   print(f'\n{args.repeats} repeats, {args.steps} iters, val loss over {args.eval_iters} batches; medians:')
   print(f'| contender | val loss @{args.steps} | ms/iter | tokens/s | run wall s | tokens/s vs torch |')
   print('|---|---|---|---|---|---|')
-  torch_ms = np.median([x['ms'] for x in results['nanoGPT recipe, PyTorch']])
   for name, rs in results.items():
     ms = float(np.median([x['ms'] for x in rs]))
     # The ratio is taken within each repeat (same minutes of machine time), then the median.

@@ -11,21 +11,12 @@ products inside one jit call for XLA so dispatch does not count.
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from timing import median_seconds  # experiments/timing.py
 
-def median_seconds(fn, repeats=20):
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+REPEATS = 20
 
 
 def xla(m, k, n, dtype, chain=20):
@@ -40,14 +31,14 @@ def xla(m, k, n, dtype, chain=20):
       out = out + jnp.dot(a[i], b, preferred_element_type=jnp.float32)
     return out
 
-  seconds = median_seconds(lambda: jax.block_until_ready(run(a, b)))
+  seconds = median_seconds(lambda: jax.block_until_ready(run(a, b)), REPEATS)
   return 2 * m * k * n * chain / seconds / 1e9
 
 
 def torch_gflops(m, k, n):
   import torch
   a, b = torch.randn(m, k), torch.randn(k, n)
-  return 2 * m * k * n / median_seconds(lambda: a @ b) / 1e9
+  return 2 * m * k * n / median_seconds(lambda: a @ b, REPEATS) / 1e9
 
 
 def main():

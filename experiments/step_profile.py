@@ -24,7 +24,6 @@ import argparse
 import functools
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -38,18 +37,14 @@ from gptjax import train as train_lib
 from gptjax.config import resolve
 from gptjax.metrics import flops_per_token
 from gptjax.model import GPT, GPTConfig
+from timing import median_seconds
 
 BATCH, SEQ, VOCAB, CALL = 12, 64, 65, 10
 
 
 def median_ms(fn, repeats, per=1):
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)) * 1e3 / per
+  """Median ms of fn(), divided by the `per` steps one call makes."""
+  return median_seconds(fn, repeats) * 1e3 / per
 
 
 def gptjax_rows(repeats):

@@ -12,7 +12,6 @@ import jax
 import ml_collections
 
 from gptjax import checkpoint as ckpt_lib
-from gptjax import config as config_lib
 from gptjax import data as data_lib
 from gptjax import decode
 from gptjax.errors import GptjaxError
@@ -60,7 +59,6 @@ def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int | None
   if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
     raise GptjaxError(f'max_new_tokens={max_new_tokens} must be an integer >= 1')
   params, model_config, tokenizer, _ = load_run(workdir, step)
-  decode.Sampling.checked(temperature, top_k, top_p, model_config.vocab_size)
   ids = tokenizer.encode(prompt)
   if max_new_tokens is None:
     if len(ids) >= model_config.block_size:

@@ -9,7 +9,6 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import TINY
 from gptjax import decode
 from gptjax import kv_cache as kvc
 from gptjax import model as M

@@ -4,10 +4,8 @@ loaded silently, NaNs stop the run without touching the last good checkpoint.
 Every run here is the real command line in a subprocess, as a preempted job would be.
 """
 
-import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys

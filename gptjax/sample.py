@@ -78,8 +78,39 @@ def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int | None
 
 
 def main():
+  """python -m gptjax.sample --workdir=DIR [--prompt=TEXT] [sampling flags]"""
+  from absl import flags
+
   from gptjax import cli
-  cli.sample()
+
+  flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/ and tokenizer.json.')
+  flags.DEFINE_string('prompt', '\n', 'Text to continue.')
+  flags.DEFINE_integer('max_new_tokens', None,
+                       "Tokens to generate per sample (default: up to the end of the model's context).")
+  flags.DEFINE_float('temperature', 0.8, 'Softmax temperature; 0 = greedy.')
+  flags.DEFINE_integer('top_k', 0, 'Keep the k most likely tokens (0 = all).')
+  flags.DEFINE_float('top_p', 1.0, 'Keep the smallest set of tokens whose probability reaches p.')
+  flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+  flags.DEFINE_integer('num_samples', 1, 'Independent samples, generated as one batch.')
+  flags.DEFINE_string('stop', '', 'Stop a sample at this text (e.g. "\\n"); it is not printed.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to load (default: the latest).')
+  cli.define_common()
+
+  def run(argv):
+    cli.no_extra_arguments(argv)
+    f = flags.FLAGS
+    if not f.workdir:
+      raise GptjaxError('--workdir is required: the run directory to sample from')
+    texts = sample_from_workdir(
+        f.workdir, prompt=cli.unescape(f.prompt), max_new_tokens=f.max_new_tokens,
+        temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, seed=f.seed,
+        num_samples=f.num_samples, stop=cli.unescape(f.stop), step=f.step)
+    for i, text in enumerate(texts):
+      if len(texts) > 1:
+        print(f'--- sample {i}')
+      print(text)
+
+  cli.run(run)
 
 
 if __name__ == '__main__':

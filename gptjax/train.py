@@ -397,8 +397,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
 
 
 def main():
+  """python -m gptjax.train [--config=configs/NAME.py] [--config.FIELD=VALUE ...] [--workdir=DIR]"""
+  from absl import flags
+  from ml_collections import config_flags
+
   from gptjax import cli
-  cli.train()
+  from gptjax import config as default_config
+
+  cli.define_config_flag('A config file defining get_config(); default: the embedded standard-library run.')
+  flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config file name>).')
+  flags.DEFINE_integer('restore_step', None,
+                       'Resume from this checkpoint step instead of the latest (e.g. if the latest is damaged).')
+  flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+  cli.define_common()
+
+  def run(argv):
+    cli.no_extra_arguments(argv)
+    f = flags.FLAGS
+    config_path = config_flags.get_config_filename(f['config'])
+    if not os.path.isfile(config_path):
+      raise GptjaxError(f'config file {config_path} does not exist; pass --config=configs/NAME.py')
+    name = 'default' if os.path.samefile(config_path, default_config.__file__) else \
+        os.path.splitext(os.path.basename(config_path))[0]
+    workdir = f.workdir or os.path.join('runs', name)
+    try:
+      result = train_and_evaluate(f.config, workdir, restore_step=f.restore_step, progress=f.progress)
+    except Preempted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"
+    shown = ', '.join(f'{k} {v:.4g}' for k, v in result.items() if k != 'step')
+    print(f'done: step {result["step"]}' + (f', {shown}' if shown else '') + f'; workdir {workdir}')
+
+  cli.run(run)
 
 
 if __name__ == '__main__':

@@ -31,6 +31,7 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str) -> np.ndarray: ...
   def decode(self, ids) -> str: ...
+  def num_bytes(self, ids) -> int: ...  # UTF-8 bytes of the text the ids stand for (bits per byte)
   def to_dict(self) -> dict: ...
 
 
@@ -44,6 +45,7 @@ class CharTokenizer:
       raise GptjaxError('a char tokenizer needs its characters distinct and sorted')
     self.chars = chars
     self._codes = np.array([ord(c) for c in chars], np.uint32)  # sorted code points
+    self._utf8_lengths = np.array([len(c.encode('utf-8', 'surrogatepass')) for c in chars], np.int64)
     self.vocab_size = len(chars)
 
   @classmethod
@@ -66,6 +68,11 @@ class CharTokenizer:
     if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
       raise GptjaxError(f'token ids must be in [0, {self.vocab_size}) for this tokenizer')
     return ''.join(self.chars[int(i)] for i in ids)
+
+  def num_bytes(self, ids) -> int:
+    """UTF-8 bytes of the characters the ids stand for (1 for ASCII, up to 4 for e.g. emoji)."""
+    counts = np.bincount(_checked_ids(ids, self.vocab_size), minlength=self.vocab_size)
+    return int(counts @ self._utf8_lengths)
 
   def to_dict(self) -> dict:
     return {'kind': 'char', 'chars': self.chars}
@@ -95,8 +102,20 @@ class ByteTokenizer:
     """Text of the bytes; a sampled sequence that is not valid UTF-8 shows U+FFFD where it breaks."""
     return self.decode_bytes(ids).decode('utf-8', errors='replace')
 
+  def num_bytes(self, ids) -> int:
+    """One byte per id."""
+    return int(_checked_ids(ids, self.vocab_size).size)
+
   def to_dict(self) -> dict:
     return {'kind': 'byte'}
+
+
+def _checked_ids(ids, vocab_size: int) -> np.ndarray:
+  """ids as a flat int64 array, or GptjaxError if one is outside [0, vocab_size)."""
+  ids = np.asarray(ids).reshape(-1).astype(np.int64)
+  if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+    raise GptjaxError(f'token ids must be in [0, {vocab_size}) for this tokenizer')
+  return ids
 
 
 def _code_points(text: str) -> np.ndarray:

@@ -150,26 +150,19 @@ def evaluate(params, config: GPTConfig, tokens, *, tokenizer: data_lib.Tokenizer
   params = jax.device_put(params)  # once, not on every call
   n_windows = num_windows(len(tokens), context, stride)
   n_batches = -(-n_windows // batch_size)
-  nats, correct = 0.0, 0
-  pending = None  # the previous call's output: read it while the next call runs
-
-  def collect(out):
-    out = jax.device_get(out)
-    return float(np.sum(out['nll'], dtype=np.float64)), int(np.sum(out['correct']))
-
+  nats, correct = 0.0, 0  # float64 / exact sums on the host
   with tqdm(total=n_batches, unit='batch', desc='evaluate', leave=False,
             disable=not progress or n_batches <= 1, dynamic_ncols=True) as bar:
-    for b in range(n_batches):
-      ids, weights = window_batch(tokens, b * batch_size, batch_size, context, stride)
-      out = score(params, ids, weights)
-      if pending is not None:
-        dn, dc = collect(pending)
-        nats, correct = nats + dn, correct + dc
+    previous = None  # the last call's output, read while the next call runs
+    for b in range(n_batches + 1):
+      out = score(params, *window_batch(tokens, b * batch_size, batch_size, context, stride)) \
+          if b < n_batches else None
+      if previous is not None:
+        sums = jax.device_get(previous)
+        nats += float(np.sum(sums['nll'], dtype=np.float64))
+        correct += int(np.sum(sums['correct']))
         bar.update(1)
-      pending = out
-    dn, dc = collect(pending)
-    nats, correct = nats + dn, correct + dc
-    bar.update(1)
+      previous = out
 
   n_scored = len(tokens) - 1
   loss = nats / n_scored

@@ -229,7 +229,6 @@ def check_export(fixtures: str) -> None:
   import jax
   from transformers import AutoTokenizer, GPT2LMHeadModel
 
-  from gptjax import data as data_lib
   from gptjax import hf
   from gptjax.model import GPT, init_params
 
@@ -275,8 +274,8 @@ def check_export(fixtures: str) -> None:
     with torch.no_grad():
       theirs = model(torch.tensor(ids, dtype=torch.long)).logits.numpy()
     err = float(np.abs(ours - theirs).max())
-    print(f'export of a trained run with a bpe tokenizer: AutoTokenizer gives the same ids for every test string; '
-          f'transformers logits max |diff| {err:.2e}')
+    print('export of a trained run with a bpe tokenizer: AutoTokenizer gives the same ids for every test '
+          f'string; transformers logits max |diff| {err:.2e}')
     assert err < 1e-4
 
 

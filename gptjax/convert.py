@@ -31,7 +31,8 @@ from gptjax.errors import GptjaxError
 
 def _check_free(path: str, what: str) -> None:
   if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-    raise GptjaxError(f'{what} {path} already exists and is not empty; give a new directory (nothing was written)')
+    raise GptjaxError(f'{what} {path} already exists and is not empty; give a new directory '
+                      '(nothing was written)')
 
 
 class _Staging:
@@ -43,6 +44,9 @@ class _Staging:
   def __enter__(self) -> str:
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     self.tmp = tempfile.mkdtemp(dir=os.path.dirname(self.path), prefix=f'.{os.path.basename(self.path)}.tmp')
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(self.tmp, 0o777 & ~umask)  # as os.makedirs would make it (mkdtemp makes it private)
     return self.tmp
 
   def __exit__(self, exc_type, exc, tb):
@@ -72,6 +76,9 @@ def from_hf(hf_dir: str, workdir: str, *, tokenizer_dir: str = '', vocab_size: i
   _check_free(workdir, 'workdir')
   source, params = hf.read(hf_dir)
   tokenizer_dir = os.path.abspath(tokenizer_dir or hf_dir)
+  if not any(os.path.isfile(os.path.join(tokenizer_dir, n)) for n in ('tokenizer.json', 'vocab.json')):
+    raise GptjaxError(f'no GPT-2 tokenizer in {tokenizer_dir}: put its vocab.json and merges.txt (or '
+                      'tokenizer.json) there, or pass --tokenizer_dir=DIR where they are')
   tokenizer = data_lib.BPETokenizer.from_files(tokenizer_dir)
   if tokenizer.vocab_size > source.vocab_size:
     raise GptjaxError(f'the tokenizer in {tokenizer_dir} has {tokenizer.vocab_size} ids, more than the '

@@ -116,10 +116,13 @@ class BPETokenizer:
     self.kind = kind
     self._tokenizer = Tokenizer.from_str(tokenizer_json)
     spec = json.loads(tokenizer_json)
-    if (spec.get('model') or {}).get('type') != 'BPE' or (spec.get('decoder') or {}).get('type') != 'ByteLevel' \
-        or spec.get('normalizer') is not None or 'ByteLevel' not in json.dumps(spec.get('pre_tokenizer')):
-      raise GptjaxError('the tokenizer is not a byte-level BPE like GPT-2\'s (BPE model, ByteLevel pre-tokenizer '
-                        'and decoder, no normalizer); use a GPT-2 style tokenizer.json or vocab.json + merges.txt')
+    byte_level = ((spec.get('model') or {}).get('type') == 'BPE' and spec.get('normalizer') is None
+                  and (spec.get('decoder') or {}).get('type') == 'ByteLevel'
+                  and 'ByteLevel' in json.dumps(spec.get('pre_tokenizer')))
+    if not byte_level:
+      raise GptjaxError("the tokenizer is not a byte-level BPE like GPT-2's (BPE model, ByteLevel "
+                        'pre-tokenizer and decoder, no normalizer); use a GPT-2 style tokenizer.json or '
+                        'vocab.json + merges.txt')
     self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
     # The byte string of every id: a vocabulary token is a string of byte-alphabet characters; an
     # added (special) token stands for its own text.
@@ -168,7 +171,14 @@ class BPETokenizer:
     where = os.path.abspath(directory or '.')
     if os.path.isfile(os.path.join(where, 'tokenizer.json')):
       with open(os.path.join(where, 'tokenizer.json'), encoding='utf-8') as f:
-        return cls('gpt2', Tokenizer.from_str(f.read()).to_str())
+        text = f.read()
+      try:
+        return cls('gpt2', Tokenizer.from_str(text).to_str())
+      except Exception as e:  # tokenizers raises its own exception type for files it cannot parse
+        if isinstance(e, GptjaxError):
+          raise
+        reason = str(e).splitlines()[0]
+        raise GptjaxError(f'cannot read {where}/tokenizer.json as a tokenizer ({reason})') from None
     vocab, merges = os.path.join(where, 'vocab.json'), os.path.join(where, 'merges.txt')
     if not (os.path.isfile(vocab) and os.path.isfile(merges)):
       raise GptjaxError(f'no GPT-2 tokenizer in {where}: put vocab.json and merges.txt (or tokenizer.json) '
@@ -176,7 +186,8 @@ class BPETokenizer:
     try:
       model = models.BPE.from_file(vocab, merges)
     except Exception as e:  # tokenizers raises its own exception type for unreadable files
-      raise GptjaxError(f'cannot read {vocab} + {merges} as a BPE vocabulary ({str(e).splitlines()[0]})') from None
+      raise GptjaxError(f'cannot read {vocab} + {merges} as a BPE vocabulary '
+                        f'({str(e).splitlines()[0]})') from None
     tokenizer = Tokenizer(model)
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -258,15 +269,17 @@ def _utf8(text: str | bytes) -> bytes:
 
 
 _NOT_UTF8 = re.compile('([\udc80-\udcff]+)')  # bytes that are not UTF-8, as surrogateescape shows them
-_LINE_START = re.compile(r'\n(?=\S)')
+_LINE_START = re.compile(r'(?<=\S)\n(?=\S)')
 
 
 def _utf8_pieces(data: bytes):
   """The valid UTF-8 text of `data` as strings of about _CHUNK characters, and the bytes between that
   are not UTF-8 (as bytes), in order.
 
-  Text is cut only after a newline that a non-space character follows: GPT-2's pre-tokenizer always
-  splits there, so encoding the chunks one by one gives the ids of encoding the whole text.
+  Text is cut only after a newline between two non-space characters: GPT-2's pre-tokenizer makes that
+  newline a token of its own whatever follows, so encoding the chunks one by one gives the ids of
+  encoding the whole text. (After a longer run of whitespace it would not: '\n\n' before a letter is
+  split in two, but one token at the end of a chunk.)
   """
   for i, part in enumerate(_NOT_UTF8.split(data.decode('utf-8', errors='surrogateescape'))):
     if i % 2:

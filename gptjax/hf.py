@@ -132,7 +132,8 @@ def _set(tree, path, value):
   tree[path[-1]] = value
 
 
-def params_from_tensors(tensors: dict[str, np.ndarray], config: GPTConfig, source: str = 'the checkpoint') -> dict:
+def params_from_tensors(tensors: dict[str, np.ndarray], config: GPTConfig,
+                        source: str = 'the checkpoint') -> dict:
   """gptjax params (float32 numpy) from GPT-2's tensors, checking names and shapes."""
   tensors = {k.removeprefix('transformer.'): v for k, v in tensors.items()
              if not k.endswith(('.attn.bias', '.attn.masked_bias'))}  # mask buffers, not parameters
@@ -235,9 +236,11 @@ def read_tensors(directory: str) -> dict[str, np.ndarray]:
   else:
     pickles = [n for n in ('pytorch_model.bin', 'model.bin') if os.path.isfile(os.path.join(directory, n))]
     if pickles:
-      raise GptjaxError(f'{directory} has only PyTorch weights ({pickles[0]}), which need torch to read; convert '
-                        'them to safetensors first, e.g. GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(NEW)')
-    raise GptjaxError(f'{directory} has no {WEIGHTS}; give a Hugging Face GPT-2 directory with safetensors weights')
+      raise GptjaxError(f'{directory} has only PyTorch weights ({pickles[0]}), which need torch to read; '
+                        'convert them to safetensors first, e.g. '
+                        'GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(NEW)')
+    raise GptjaxError(f'{directory} has no {WEIGHTS}; give a Hugging Face GPT-2 directory with safetensors '
+                      'weights')
   tensors = {}
   for name in files:
     try:

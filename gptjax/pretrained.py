@@ -44,8 +44,9 @@ def source_config(path: str) -> tuple[GPTConfig, data_lib.Tokenizer | None]:
     return config, data_lib.BPETokenizer.from_files(path) if has_tokenizer else None
   run_config = os.path.join(path, 'config.json')
   if not os.path.isfile(run_config):
-    raise GptjaxError(f'{path} is neither a run directory nor a Hugging Face GPT-2 directory (no config.json); '
-                      'give one made by python -m gptjax.train or gptjax.convert, or config.json + model.safetensors')
+    raise GptjaxError(f'{path} is neither a run directory nor a Hugging Face GPT-2 directory (no '
+                      'config.json); give one made by python -m gptjax.train or gptjax.convert, or '
+                      'config.json + model.safetensors')
   with open(run_config, encoding='utf-8') as f:
     fields = json.load(f).get('model', {})
   try:

@@ -81,6 +81,21 @@ def test_export_cli_gives_back_the_fixture(converted, tmp_path):
     assert json.load(f)['eos_token_id'] == 319  # <|endoftext|>, for transformers' generate
 
 
+def test_a_padded_vocabulary_goes_in_and_comes_out_cut(tmp_path):
+  """--vocab_size pads the converted run (mean rows); the export cuts back to the tokenizer's 320 ids."""
+  convert.from_hf(FIXTURE, str(tmp_path / 'run'), vocab_size=384)
+  from gptjax import sample
+  params, config, tokenizer, step = sample.load_run(str(tmp_path / 'run'))
+  assert (config.vocab_size, tokenizer.vocab_size, step) == (384, 320, 0)
+  assert params['wte']['embedding'].shape == (384, 64)
+  convert.to_hf(str(tmp_path / 'run'), str(tmp_path / 'hf'))
+  ours = load_file(str(tmp_path / 'hf' / 'model.safetensors'))
+  theirs = load_file(os.path.join(FIXTURE, 'model.safetensors'))
+  assert sorted(ours) == sorted(theirs)
+  for name in theirs:
+    np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
 def run_dir(path, config: GPTConfig):
   """A run directory with an untrained checkpoint of `config` (byte tokenizer), made without training."""
   run_config = config_lib.get_config()

@@ -127,15 +127,14 @@ class BPETokenizer:
     # The byte string of every id: a vocabulary token is a string of byte-alphabet characters; an
     # added (special) token stands for its own text.
     to_byte = byte_alphabet()
+    vocab = self._tokenizer.get_vocab(with_added_tokens=False)
     self.token_bytes = [b''] * self.vocab_size
-    added = {i: t.content for i, t in self._tokenizer.get_added_tokens_decoder().items()}
-    for token, i in self._tokenizer.get_vocab(with_added_tokens=False).items():
+    for token, i in vocab.items():
       self.token_bytes[i] = bytes(to_byte[ch] for ch in token) if all(ch in to_byte for ch in token) \
           else token.encode('utf-8')
-    for i, text in added.items():
-      self.token_bytes[i] = text.encode('utf-8')
+    for i, added in self._tokenizer.get_added_tokens_decoder().items():
+      self.token_bytes[i] = added.content.encode('utf-8')
     self._lengths = np.array([len(b) for b in self.token_bytes], np.int64)
-    vocab = self._tokenizer.get_vocab(with_added_tokens=False)
     missing = [b for ch, b in to_byte.items() if ch not in vocab]
     if missing:
       raise GptjaxError(f'the byte-level BPE lacks {len(missing)} of the 256 single-byte tokens; it cannot '
@@ -215,11 +214,14 @@ class BPETokenizer:
     flush()
     return np.concatenate(ids) if ids else np.zeros((0,), np.int32)
 
-  def decode_bytes(self, ids) -> bytes:
+  def _checked(self, ids) -> np.ndarray:
     ids = np.asarray(ids, np.int64).reshape(-1)
     if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
       raise GptjaxError(f'token ids must be in [0, {self.vocab_size}) for this tokenizer')
-    return b''.join(self.token_bytes[i] for i in ids.tolist())
+    return ids
+
+  def decode_bytes(self, ids) -> bytes:
+    return b''.join(self.token_bytes[i] for i in self._checked(ids).tolist())
 
   def decode(self, ids) -> str:
     """Text of the ids; a sampled sequence that is not valid UTF-8 shows U+FFFD where it breaks."""
@@ -227,10 +229,7 @@ class BPETokenizer:
 
   def num_bytes(self, ids) -> int:
     """The bytes of text the ids stand for (the sum of each token's byte length)."""
-    ids = np.asarray(ids, np.int64).reshape(-1)
-    if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-      raise GptjaxError(f'token ids must be in [0, {self.vocab_size}) for this tokenizer')
-    return int(self._lengths[ids].sum())
+    return int(self._lengths[self._checked(ids)].sum())
 
   def token_id(self, text: str) -> int | None:
     """The id of a whole-token text such as '<|endoftext|>', or None."""

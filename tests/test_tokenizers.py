@@ -6,6 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gptjax import data as D
 from gptjax.errors import GptjaxError
@@ -159,3 +161,22 @@ def test_bpe_is_trained_on_the_training_split_only():
   tok, _ = D.encode_corpus(text, D.tokenizer_spec('bpe', bpe_vocab_size=270), 'x', train_fraction=0.5)
   vocab = tok._tokenizer.get_vocab()
   assert 'aaaa' in vocab and 'zz' not in vocab  # the last half (validation) taught it nothing
+
+
+# Property-based: random bytes and texts (derandomize: the same examples every run).
+FAST = settings(max_examples=200, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FAST
+@given(raw=st.binary(max_size=300))
+def test_bpe_round_trips_any_bytes(trained, raw):
+  ids = trained.encode(raw)
+  assert trained.decode_bytes(ids) == raw and trained.num_bytes(ids) == len(raw)
+
+
+@FAST
+@given(text=st.text(alphabet=st.sampled_from('ab 你猫🐱\n\t.,\''), max_size=200))
+def test_chunked_encoding_equals_whole_text_encoding_for_any_text(trained, monkeypatch, text):
+  monkeypatch.setattr(D, '_CHUNK', 3)
+  assert trained.encode(text).tolist() == trained._tokenizer.encode(text).ids

@@ -14,7 +14,7 @@ A config that sets a shape field to something else than both the default and DIR
 Why the mean for new vocabulary rows: a row's logit is then the mean of the real tokens' logits, which
 is at most log of their mean exp, so k new rows add at most k / n of the softmax mass of n real rows:
 the loss on real tokens rises by at most log(1 + k / n) (Hewitt, "Initializing new word embeddings for
-pretrained language models", 2021). Zero rows would give logit 0, far above GPT-2's typical logits.
+pretrained language models", 2021). Zero rows would give every new token logit 0 whatever the context.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from gptjax import kv_cache as kvc
+from gptjax.matmul import dense_dot_general
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +125,7 @@ class CausalSelfAttention(nn.Module):
     batch, seq, _ = mask.shape
     dense = lambda features, std, name: nn.Dense(
         features, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
-        kernel_init=nn.initializers.normal(std), name=name)
+        kernel_init=nn.initializers.normal(std), dot_general=dense_dot_general, name=name)
     qkv = dense((c.n_head + 2 * c.kv_heads) * c.head_dim, 0.02, 'c_attn')(x)
     q, k, v = jnp.split(qkv, [c.n_head * c.head_dim, (c.n_head + c.kv_heads) * c.head_dim], axis=-1)
     q = q.reshape(batch, seq, c.n_head, c.head_dim)
@@ -147,10 +148,11 @@ class MLP(nn.Module):
   def __call__(self, x, *, deterministic=True):
     c = self.config
     x = nn.Dense(4 * c.n_embd, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
-                 kernel_init=nn.initializers.normal(0.02), name='c_fc')(x)
+                 kernel_init=nn.initializers.normal(0.02), dot_general=dense_dot_general, name='c_fc')(x)
     x = nn.gelu(x, approximate=True)
     x = nn.Dense(c.n_embd, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
-                 kernel_init=nn.initializers.normal(0.02 / math.sqrt(2 * c.n_layer)), name='c_proj')(x)
+                 kernel_init=nn.initializers.normal(0.02 / math.sqrt(2 * c.n_layer)),
+                 dot_general=dense_dot_general, name='c_proj')(x)
     return nn.Dropout(c.dropout)(x, deterministic=deterministic)
 
 
@@ -188,7 +190,8 @@ class GPT(nn.Module):
         self.b_O = self.param('lm_head_bias', nn.initializers.zeros, (c.vocab_size,), c.param_dtype)
     else:
       self.lm_head = nn.Dense(c.vocab_size, use_bias=c.bias and c.head_bias, dtype=c.dtype,
-                              param_dtype=c.param_dtype, kernel_init=nn.initializers.normal(0.02))  # W_O, b_O
+                              param_dtype=c.param_dtype, kernel_init=nn.initializers.normal(0.02),
+                              dot_general=dense_dot_general)  # W_O, b_O
 
   def embed(self, tokens, positions):
     """X = E[tokens] + P[positions]: tokens, positions [batch, seq] -> [batch, seq, n_embd]."""

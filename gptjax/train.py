@@ -242,11 +242,12 @@ def _next_boundary(step: int, tc: ml_collections.ConfigDict) -> int:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, restore_step: int | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, cpu_choices: dict | None = None) -> dict:
   """Trains config in workdir, resuming from its latest checkpoint; returns the last metrics.
 
   restore_step picks an older checkpoint to resume from (e.g. when the latest one is damaged); the
-  checkpoints after it are moved to WORKDIR/checkpoints.set_aside/, not deleted.
+  checkpoints after it are moved to WORKDIR/checkpoints.set_aside/, not deleted. cpu_choices (what
+  `cpu.configure` chose at start-up) goes into the run record.
   """
   parallel.initialize()
   devices = parallel.local_devices(config.train.devices)
@@ -292,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
   write_data()
   save_run_files(workdir, config, model_config, tokenizer)
   if proc == 0 and int(state.step) < tc.max_steps:  # the code and machine of this start (provenance.jsonl)
-    provenance.append(workdir, start_step=int(state.step))
+    provenance.append(workdir, start_step=int(state.step), cpu_choices=cpu_choices)
   if newer:  # resuming from an older step: keep the later checkpoints, out of the way
     aside = os.path.join(workdir, 'checkpoints.set_aside')
     os.makedirs(aside, exist_ok=True)
@@ -409,7 +410,7 @@ def main():
   from absl import flags
   from ml_collections import config_flags
 
-  from gptjax import cli
+  from gptjax import cli, cpu
   from gptjax import config as default_config
 
   cli.define_config_flag('A config file defining get_config(); default: the embedded standard-library run.')
@@ -418,6 +419,7 @@ def main():
                        'Resume from this checkpoint step instead of the latest (e.g. if the latest is damaged).')
   flags.DEFINE_bool('progress', True, 'Show a progress bar.')
   cli.define_common()
+  cpu.define_flag()
 
   def run(argv):
     cli.no_extra_arguments(argv)
@@ -428,8 +430,13 @@ def main():
     name = 'default' if os.path.samefile(config_path, default_config.__file__) else \
         os.path.splitext(os.path.basename(config_path))[0]
     workdir = f.workdir or os.path.join('runs', name)
+    m, d = f.config.model, f.config.data
+    choices = cpu.configure(batch_size=f.config.train.batch_size, train_devices=f.config.train.devices,
+                            dropout=m.dropout, auto=f.cpu_auto, log=lambda s: print(s, flush=True),
+                            state_bytes=cpu.state_bytes_estimate(m, d.tokenizer, d.bpe_vocab_size))
     try:
-      result = train_and_evaluate(f.config, workdir, restore_step=f.restore_step, progress=f.progress)
+      result = train_and_evaluate(f.config, workdir, restore_step=f.restore_step, progress=f.progress,
+                                  cpu_choices=choices.to_dict())
     except Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"

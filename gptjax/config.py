@@ -31,8 +31,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.bias = True
   c.model.tie_embeddings = False
-  c.model.pos_encoding = 'learned'  # or 'sinusoidal'
-  c.model.causal = True
+  c.model.pos_encoding = 'learned'  # or 'sinusoidal', or 'rope' (rotary, applied to q and k)
+  c.model.rope_theta = 10000.0  # RoPE's base wavelength
+  c.model.norm = 'layernorm'  # or 'rmsnorm'
+  c.model.mlp = 'gelu'  # or 'swiglu'
+  c.model.mlp_hidden = 0  # MLP hidden width; 0: 4 * n_embd for gelu, 8/3 * n_embd (to a multiple of 8) for swiglu
+  c.model.qk_norm = False  # RMSNorm of each head's queries and keys
+  c.model.causal = True  # False (bidirectional) goes with train.objective='mlm'
   c.model.dtype = 'float32'
   c.model.param_dtype = 'float32'
 
@@ -44,6 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.max_bytes = 4_000_000  # only for the standard-library corpus
 
   c.train = ml_collections.ConfigDict()
+  c.train.objective = 'next_token'  # or 'mlm': BERT's masked-LM (needs model.causal=False)
+  c.train.mask_prob = 0.15  # mlm: the fraction of positions picked (80% [MASK], 10% random, 10% kept)
   c.train.seq_len = 0  # training window; 0: model.block_size
   c.train.batch_size = 16  # global batch: split over all devices of all hosts
   c.train.max_steps = 1000
@@ -135,6 +142,15 @@ def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
     problems.append('train.beta1 and train.beta2 must be in [0, 1)')
   if t.grad_clip < 0 or t.weight_decay < 0:
     problems.append('train.grad_clip and train.weight_decay must be >= 0')
+  if t.objective not in ('next_token', 'mlm'):
+    problems.append(f"train.objective={t.objective!r} must be 'next_token' or 'mlm'")
+  elif (t.objective == 'mlm') == m.causal:
+    problems.append("train.objective='mlm' needs bidirectional attention: set --config.model.causal=False"
+                    if m.causal else "model.causal=False lets each position see the token it must predict "
+                    "under train.objective='next_token'; set --config.model.causal=True or "
+                    "--config.train.objective=mlm")
+  if not 0 < t.mask_prob < 1:
+    problems.append(f'train.mask_prob={t.mask_prob} must be in (0, 1)')
   if t.nan_policy not in ('stop', 'skip'):
     problems.append(f"train.nan_policy={t.nan_policy!r} must be 'stop' or 'skip'")
   if d.tokenizer not in ('byte', 'char'):

@@ -1,0 +1,134 @@
+"""GPT-2-style vs Llama-style blocks at equal parameter count on nanoGPT's Shakespeare CPU recipe.
+
+Both contenders are the README's training command with a config file: configs/shakespeare_char.py
+(GPT-2 block: learned positions, LayerNorm, GELU MLP 4d, multi-head attention) and
+configs/llama_style_char.py (RoPE, RMSNorm, SwiGLU, QK-norm, grouped-query attention, SwiGLU width
+set for equal parameters). Same data, width, depth, optimizer, schedule, batches and steps; each seed
+runs both, one after the other as fresh processes (their order alternating between seeds), so machine
+noise hits them alike. Reports the parameter count (the position table included), the val loss at the
+last step over the same `eval_iters` validation batches (each seed's run), and the median ms/step over
+the 50-step log windows (compilation excluded) as tokens/s.
+
+  python experiments/bench_llama_style.py --data=../shared/data/tinyshakespeare.txt --seeds=0,1,2
+
+--ablations adds one row per Llama-style option switched on alone in the GPT-2 block (parameter
+counts then differ: see the params column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout's gptjax, also in the runs (PYTHONPATH below)
+GPT2 = 'GPT-2 style'
+CONTENDERS = {GPT2: ('configs/shakespeare_char.py', {}),
+              'Llama style': ('configs/llama_style_char.py', {})}
+ABLATIONS = {'GPT-2 + RoPE': {'model.pos_encoding': 'rope'},
+             'GPT-2 + RMSNorm': {'model.norm': 'rmsnorm'},
+             'GPT-2 + SwiGLU (8/3 d)': {'model.mlp': 'swiglu'},
+             'GPT-2 + QK-norm': {'model.qk_norm': True},
+             'GPT-2 + GQA (2 K/V heads)': {'model.n_kv_head': 2}}
+
+
+def load_config(path, overrides, vocab_size):
+  from gptjax import config as config_lib
+  spec = importlib.util.spec_from_file_location('bench_config', os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  return config_lib.model_config(config, vocab_size)
+
+
+def count_parameters(path, overrides, vocab_size):
+  """All parameters, the position table included (RoPE has none), from shapes alone."""
+  import jax
+  from gptjax.model import GPT
+  import jax.numpy as jnp
+  model_config = load_config(path, overrides, vocab_size)
+  shapes = jax.eval_shape(GPT(model_config).init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+def run(config, overrides, data, seed, steps, eval_iters, devices):
+  with tempfile.TemporaryDirectory() as workdir:
+    env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+           'PYTHONPATH': ROOT}
+    cmd = [sys.executable, '-m', 'gptjax.train', f'--config={config}', f'--workdir={workdir}',
+           f'--config.data.path={data}', f'--config.seed={seed}', f'--config.train.max_steps={steps}',
+           f'--config.train.eval_iters={eval_iters}', f'--config.train.eval_interval={steps}',
+           '--noprogress'] + [f'--config.{k}={v}' for k, v in overrides.items()]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  ms = [r['ms_per_step'] for r in records if 'ms_per_step' in r]
+  val = [r['val_loss'] for r in records if r['step'] == steps and 'val_loss' in r][0]
+  return dict(val_loss=val, ms=float(np.median(ms)), wall=wall)
+
+
+def cpu_name():
+  try:
+    out = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
+    fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
+    return f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} CPUs"
+  except OSError:
+    return platform.processor()
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--data', required=True, help='tinyshakespeare.txt')
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--steps', type=int, default=2000)
+  parser.add_argument('--eval_iters', type=int, default=200, help='val batches in the final evaluation')
+  parser.add_argument('--devices', type=int, default=1, help='CPU devices per run')
+  parser.add_argument('--ablations', action='store_true', help='also each Llama-style option alone')
+  args = parser.parse_args()
+
+  contenders = dict(CONTENDERS)
+  if args.ablations:
+    contenders.update({name: ('configs/shakespeare_char.py', ov) for name, ov in ABLATIONS.items()})
+  with open(args.data, encoding='utf-8') as f:
+    vocab_size = len(set(f.read()))
+  n_params = {name: count_parameters(cfg, ov, vocab_size) for name, (cfg, ov) in contenders.items()}
+  seeds = [int(s) for s in args.seeds.split(',')]
+  results = {name: [] for name in contenders}
+  for i, seed in enumerate(seeds):
+    names = list(contenders) if i % 2 == 0 else list(contenders)[::-1]
+    for name in names:
+      cfg, ov = contenders[name]
+      results[name].append(run(cfg, ov, args.data, seed, args.steps, args.eval_iters, args.devices))
+      print(f'seed {seed}: {name}: {results[name][-1]}', flush=True)
+
+  tokens_per_step = 12 * 64  # the recipe's batch x block
+  print(f'\n{cpu_name()}; {args.devices} CPU device(s) per run; {args.steps} steps of {tokens_per_step} '
+        f'tokens; val loss over {args.eval_iters} batches; seeds {args.seeds}')
+  print(f'| block | params | vs GPT-2 | val loss @{args.steps} per seed | mean val loss | ms/step (median) '
+        '| tokens/s | tokens/s vs GPT-2 |')
+  print('|---|---|---|---|---|---|---|---|')
+  for name, rs in results.items():
+    losses = [r['val_loss'] for r in rs]
+    ms = float(np.median([r['ms'] for r in rs]))
+    # Speed ratio within each seed's pair of runs (same minutes of machine time), then the median.
+    ratio = float(np.median([g['ms'] / r['ms'] for r, g in zip(rs, results[GPT2])]))
+    print(f'| {name} | {n_params[name]:,} | {100 * (n_params[name] / n_params[GPT2] - 1):+.1f}% '
+          f'| {" / ".join(f"{l:.4f}" for l in losses)} | {np.mean(losses):.4f} ± {np.std(losses, ddof=1) if len(losses) > 1 else 0:.4f} '
+          f'| {ms:.1f} | {tokens_per_step / ms * 1e3:,.0f} | {ratio:.2f}x |')
+
+
+if __name__ == '__main__':
+  main()

@@ -10,20 +10,13 @@ counting the position table): experiments/bench_llama_style.py compares the two.
 python -m gptjax.train --config=configs/llama_style_char.py --config.data.path=../shared/data/tinyshakespeare.txt
 """
 
-import importlib.util
 import os
 
-
-def _shakespeare_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'shakespeare_char.py')
-  spec = importlib.util.spec_from_file_location('shakespeare_char', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from gptjax.config import load_file
 
 
 def get_config():
-  c = _shakespeare_config()
+  c = load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'shakespeare_char.py'))
   c.model.pos_encoding = 'rope'
   c.model.norm = 'rmsnorm'
   c.model.mlp = 'swiglu'

@@ -18,7 +18,6 @@ counts then differ: see the params column).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -43,10 +42,7 @@ ABLATIONS = {'GPT-2 + RoPE': {'model.pos_encoding': 'rope'},
 
 def load_config(path, overrides, vocab_size):
   from gptjax import config as config_lib
-  spec = importlib.util.spec_from_file_location('bench_config', os.path.join(ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_file(os.path.join(ROOT, path))
   for key, value in overrides.items():
     section, field = key.split('.')
     config[section][field] = value

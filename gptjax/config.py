@@ -9,7 +9,9 @@ sources, which ship with every Python, so it runs offline anywhere in a couple o
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import os
 
 import ml_collections
 
@@ -71,6 +73,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.nan_policy = 'stop'  # 'stop' at a NaN/Inf loss, or 'skip' the update of such a step
   c.train.devices = 0  # use this many local devices; 0 = all
   return c
+
+
+def load_file(path: str) -> ml_collections.ConfigDict:
+  """get_config() of the config file at `path`: lets one config build on another (configs/mlm_char.py)."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

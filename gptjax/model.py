@@ -135,9 +135,10 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
 
 
-def norm(config: GPTConfig, name: str | None = None) -> nn.Module:
-  """LayerNorm (GPT-2: (x - mean) / std * g + b) or RMSNorm (Llama: x / rms(x) * g), per config.norm."""
-  if config.norm == 'rmsnorm':
+def norm(config: GPTConfig, name: str | None = None, kind: str | None = None) -> nn.Module:
+  """LayerNorm (GPT-2: (x - mean) / std * g + b) or RMSNorm (Llama: x / rms(x) * g), over the last
+  axis; `kind` ('layernorm' or 'rmsnorm') defaults to config.norm."""
+  if (kind or config.norm) == 'rmsnorm':
     return nn.RMSNorm(epsilon=1e-5, dtype=config.dtype, param_dtype=config.param_dtype, name=name)
   return nn.LayerNorm(epsilon=1e-5, use_bias=config.bias, dtype=config.dtype, param_dtype=config.param_dtype,
                       name=name)
@@ -187,8 +188,7 @@ class CausalSelfAttention(nn.Module):
     q = q.reshape(batch, seq, c.n_head, c.head_dim)
     k = k.reshape(batch, seq, c.kv_heads, c.head_dim)
     if c.qk_norm:  # unit-RMS queries and keys (times a learned gain): attention logits stay bounded
-      q = nn.RMSNorm(epsilon=1e-5, dtype=c.dtype, param_dtype=c.param_dtype, name='q_norm')(q)
-      k = nn.RMSNorm(epsilon=1e-5, dtype=c.dtype, param_dtype=c.param_dtype, name='k_norm')(k)
+      q, k = norm(c, 'q_norm', 'rmsnorm')(q), norm(c, 'k_norm', 'rmsnorm')(k)
     if c.pos_encoding == 'rope':  # each token at its own position (its row's cache slot when decoding)
       q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
     to_heads = lambda t: (t.reshape(batch, seq, c.kv_heads, c.head_dim).transpose(0, 2, 1, 3)

@@ -18,6 +18,7 @@ import pytest
 from conftest import TINY, tiny_run_config
 from gptjax import config as config_lib
 from gptjax import data as D
+from gptjax import decode
 from gptjax import fill as F
 from gptjax import objectives as O
 from gptjax import parallel
@@ -86,6 +87,12 @@ def test_attention_is_bidirectional(block):
   a, b = (np.asarray(GPT(config).apply({'params': params}, t)) for t in (tokens, later))
   assert np.abs(a[0, :8] - b[0, :8]).min(axis=-1).max() > 1e-4  # earlier positions see the later token
   assert np.abs(a[0, 0] - b[0, 0]).max() > 1e-4
+
+
+def test_generation_refuses_a_bidirectional_model():
+  config = dataclasses.replace(TINY, causal=False)
+  with pytest.raises(GptjaxError, match='generation needs a causal model'):
+    decode.check_request(config, [[1, 2]], None, 4, 1.0, 0, 1.0)
 
 
 def test_mlm_losses_do_not_depend_on_the_device_count():

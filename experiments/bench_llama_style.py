@@ -20,18 +20,18 @@ counts then differ: see the params column).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
-import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # this checkout's gptjax, also in the runs (PYTHONPATH below)
+sys.path.insert(0, ROOT)  # this checkout's gptjax (the runs, started in ROOT with -m, import it too)
+sys.path.insert(0, os.path.join(ROOT, 'experiments'))
+
+from bench_train import run_gptjax  # noqa: E402
 GPT2 = 'GPT-2 style'
 CONTENDERS = {GPT2: ('configs/shakespeare_char.py', {}),
               'Llama style': ('configs/llama_style_char.py', {})}
@@ -62,20 +62,9 @@ def count_parameters(path, overrides, vocab_size):
 
 
 def run(config, overrides, data, seed, steps, eval_iters, devices):
-  with tempfile.TemporaryDirectory() as workdir:
-    env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-           'PYTHONPATH': ROOT}
-    cmd = [sys.executable, '-m', 'gptjax.train', f'--config={config}', f'--workdir={workdir}',
-           f'--config.data.path={data}', f'--config.seed={seed}', f'--config.train.max_steps={steps}',
-           f'--config.train.eval_iters={eval_iters}', f'--config.train.eval_interval={steps}',
-           '--noprogress'] + [f'--config.{k}={v}' for k, v in overrides.items()]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
-  ms = [r['ms_per_step'] for r in records if 'ms_per_step' in r]
-  val = [r['val_loss'] for r in records if r['step'] == steps and 'val_loss' in r][0]
-  return dict(val_loss=val, ms=float(np.median(ms)), wall=wall)
+  """The README's training command for one contender and seed (experiments/bench_train.py's runner)."""
+  flags = [f'--config.seed={seed}', f'--config.train.eval_interval={steps}']
+  return run_gptjax(data, steps, eval_iters, devices, config, flags + [f'--config.{k}={v}' for k, v in overrides.items()])
 
 
 def step_timing(contenders, vocab_size, repeats):

@@ -21,6 +21,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from gptjax.data import MASK_TOKEN
+
 
 def next_token_split(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
   """tokens [batch, seq + 1] -> (inputs [batch, seq], targets [batch, seq]); targets[i] = tokens[i + 1]."""
@@ -102,11 +104,26 @@ def examples(objective: Objective, tokens: jax.Array, rng: jax.Array, rows: jax.
     inputs, targets = next_token_split(tokens)
     return inputs, targets, jnp.ones(targets.shape, jnp.float32)
   targets = tokens[:, :-1]
+  inputs, weights = corrupt(objective, targets, rng, rows)
+  return inputs, targets, weights
+
+
+def corrupt(objective: Objective, tokens: jax.Array, rng: jax.Array, rows: jax.Array | None = None):
+  """mask_tokens on each row of tokens [batch, seq], row b with key fold_in(rng, rows[b]) (default
+  rows 0 .. batch - 1): (corrupted inputs [batch, seq], weights [batch, seq] f32, 1 = picked)."""
   rows = jnp.arange(tokens.shape[0]) if rows is None else rows
   keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(rng, _CORRUPTION_STREAM), rows)
-  corrupt = lambda key, row: mask_tokens(key, row, objective.mask_id, objective.n_real, objective.mask_prob)
-  inputs, weights = jax.vmap(corrupt)(keys, targets)
-  return inputs, targets, weights
+  one = lambda key, row: mask_tokens(key, row, objective.mask_id, objective.n_real, objective.mask_prob)
+  return jax.vmap(one)(keys, tokens)
+
+
+def for_run(train_config, tokenizer) -> Objective:
+  """A run's objective from its train config (a ConfigDict or the `train` dict of its config.json;
+  runs made before objectives existed are next-token) and its tokenizer (mlm: the [MASK] id)."""
+  if train_config.get('objective', 'next_token') != 'mlm':
+    return NEXT_TOKEN
+  return Objective('mlm', mask_id=tokenizer.special_ids[MASK_TOKEN], n_real=tokenizer.base.vocab_size,
+                   mask_prob=train_config.get('mask_prob', 0.15))
 
 
 def shard_rows(n_rows: int, axis_name: str | None = None) -> jax.Array:

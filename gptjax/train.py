@@ -176,14 +176,6 @@ def load_data(config: ml_collections.ConfigDict, workdir: str):
   return tokenizer, splits['train'], splits['val'], write
 
 
-def make_objective(tc: ml_collections.ConfigDict, tokenizer) -> objectives.Objective:
-  """The run's objective (config.train); mlm takes its [MASK] id from the run's tokenizer."""
-  if tc.objective != 'mlm':
-    return objectives.NEXT_TOKEN
-  return objectives.Objective('mlm', mask_id=tokenizer.special_ids[data_lib.MASK_TOKEN],
-                              n_real=tokenizer.base.vocab_size, mask_prob=tc.mask_prob)
-
-
 def check_resumable(workdir: str, model_config: GPTConfig, tokenizer) -> None:
   """Refuses a workdir whose run used another model shape or tokenizer than this config asks for."""
   saved_config = os.path.join(workdir, 'config.json')
@@ -326,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
          f'starting from the parameters of {tc.init_from}' if tc.init_from else 'starting from scratch'))
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if proc == 0 else None
 
-  objective = make_objective(tc, tokenizer)
+  objective = objectives.for_run(tc, tokenizer)
   step_fn = functools.partial(train_steps, model=model, tx=tx, skip_nonfinite=tc.nan_policy == 'skip',
                               objective=objective)
   p_train = jax.pmap(step_fn, axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,))

@@ -340,7 +340,9 @@ class WithSpecialTokens:
     alternatives = sorted(special_tokens, key=len, reverse=True)
     self._splitter = re.compile('(' + '|'.join(re.escape(t) for t in alternatives) + ')')
 
-  def encode(self, text: str) -> np.ndarray:
+  def encode(self, text: str | bytes) -> np.ndarray:
+    if isinstance(text, bytes):  # raw bytes (a byte run's corpus or evaluation file) hold no markers
+      return np.asarray(self.base.encode(text), np.int32)
     pieces = []
     for i, part in enumerate(self._splitter.split(text)):  # odd pieces are the special tokens
       if i % 2:

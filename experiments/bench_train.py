@@ -5,9 +5,10 @@ nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12, 2000 iter
 repeat runs every contender once, in turn, as a fresh process, so machine noise hits them alike.
 Repeat r trains every contender from seed r (gptjax's config.seed, the peer's torch and batch
 seed), so the repeats are also a seed sweep. Reports the val loss at iter 2000 (mean over the seeds
-and each seed's), the median ms/iter and tokens/s, the gptjax/torch ratio taken within each repeat,
-the process CPU seconds per iteration (user + system, compilation and evaluation included), and the
-1-minute load average when each run started (another workload on the machine slows both sides).
+and each seed's), the median ms/iter and tokens/s, the gptjax/torch ratio taken within each repeat
+(against the first torch contender), the process CPU seconds per iteration (user + system,
+compilation and evaluation included), and the 1-minute load average when each run started (another
+workload on the machine slows both sides, PyTorch's multi-threaded step most).
 
   pip install -e '.[bench]'
   python experiments/bench_train.py --data=../shared/data/tinyshakespeare.txt --repeats=3
@@ -25,8 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -111,7 +112,9 @@ def main():
                       help='gptjax variants: default (the plain command), nocpu_auto (without cpu.py\'s choices)')
   parser.add_argument('--devices', default='',
                       help='extra gptjax variants: CPU device counts forced via XLA_FLAGS')
-  parser.add_argument('--torch_threads', type=int, default=0, help="the peer's threads (0: PyTorch's default)")
+  parser.add_argument('--torch_threads', default='0',
+                      help="the peer's thread counts, one contender each (0: PyTorch's default); the first is "
+                      'the reference of the ratios')
   args = parser.parse_args()
 
   base = (args.data, args.steps, args.eval_iters)
@@ -122,9 +125,11 @@ def main():
   for d in filter(None, args.devices.split(',')):
     contenders[f'gptjax, XLA_FLAGS {d} device{"s" * (d != "1")}'] = (
         lambda seed, d=int(d): run_gptjax(*base, d, extra_flags=['--nocpu_auto'], seed=seed))
-  torch_name = 'nanoGPT recipe, PyTorch' + (f' ({args.torch_threads} thread{"s" * (args.torch_threads > 1)})'
-                                            if args.torch_threads else '')
-  contenders[torch_name] = lambda seed: run_torch(*base, seed=seed, threads=args.torch_threads or None)
+  torch_names = []
+  for threads in (int(t) for t in args.torch_threads.split(',')):
+    torch_names.append('nanoGPT recipe, PyTorch' + (f' ({threads} thread{"s" * (threads > 1)})' if threads else ''))
+    contenders[torch_names[-1]] = lambda seed, threads=threads: run_torch(*base, seed=seed, threads=threads or None)
+  torch_name = torch_names[0]  # the ratios' reference
   results = {name: [] for name in contenders}
   for r in range(args.repeats):
     for name, fn in contenders.items():

@@ -196,6 +196,6 @@ class Checkpointer:
         shutil.rmtree(tmp, ignore_errors=True)  # the half-written save: garbage, and it holds space
       kept = [s for s in self.steps() if s < step]
       resume = f'from step {kept[-1]}, the last complete checkpoint' if kept else 'from scratch'
-      raise GptjaxError(f'could not write the checkpoint of step {step} to '
-                        f'{os.path.join(self.directory, str(step))} ({_reason(e)}); {write_remedy(_os_errno(e))}, then run the '
-                        f'same command again: it resumes {resume}') from None
+      path = os.path.join(self.directory, str(step))
+      raise GptjaxError(f'could not write the checkpoint of step {step} to {path} ({_reason(e)}); '
+                        f'{write_remedy(_os_errno(e))}, then run the same command again: it resumes {resume}') from None

@@ -88,7 +88,8 @@ def config_file_error(spec: str) -> str | None:
              == os.path.abspath(path)]
     where = f', line {lines[-1]}' if lines else ''
     detail = (str(e).strip().splitlines() or [''])[0]
-    return f'config file {path}{where}: {type(e).__name__}' + (f': {detail}' if detail else '') + '; fix the file'
+    detail = f': {detail}' if detail else ''
+    return f'config file {path}{where}: {type(e).__name__}{detail}; fix the file'
   if not isinstance(config, ConfigDict):
     got = 'None (is its return statement missing?)' if config is None else type(config).__name__
     return f'config file {path}: get_config() returned {got}, not an ml_collections.ConfigDict'
@@ -121,7 +122,7 @@ def parse_flags(argv):
     from ml_collections import ConfigDict
     if not isinstance(flags.FLAGS['config'].value, ConfigDict):
       spec = _config_argument(argv) or ''
-      fail(config_file_error(spec) or f'config file {spec} did not give a config; pass --config=configs/NAME.py')
+      fail(config_file_error(spec) or f'config file {spec} gave no config; pass --config=configs/NAME.py')
   return parsed
 
 

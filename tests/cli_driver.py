@@ -16,7 +16,7 @@ import traceback
 
 import gptjax.cli  # noqa: F401  (imported once here, shared by every child)
 import gptjax.sample  # noqa: F401
-import gptjax.train  # noqa: F401
+import gptjax.train  # noqa: F401  # pylint: disable=unused-import
 
 
 def run_in_child(module: str, argv: list[str]) -> dict:

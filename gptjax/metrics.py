@@ -63,7 +63,9 @@ class MetricsWriter:
       self._tb_dir = directory = os.path.join(workdir, 'tensorboard')
       with _write_errors(directory):
         os.makedirs(directory, exist_ok=True)
-        self._tb = EventsWriter(os.path.join(directory, 'events'))
+        # The file is named by the second it was made in: a suffix keeps a writer opened in the same
+        # second (a quick resume) from truncating the last one's file.
+        self._tb = EventsWriter(os.path.join(directory, 'events'), filename_suffix=f'.{time.time_ns()}')
         # TensorBoard drops the events of earlier files past this step (tensorboardX's purge_step).
         self._tb.write_event(Event(step=resume_step + 1, session_log=SessionLog(status=SessionLog.START)))
         self._tb.flush()

@@ -5,8 +5,9 @@ Each command's flags and body live in its own module's `main()` (`gptjax/train.p
 defines no absl flags. This module imports no gptjax module but `errors` and `config` (for the
 default config file): library code never imports an entry point, and nothing here imports one.
 
-Every problem with what the user asked for (GptjaxError, a mistyped config field, a bad flag value)
-ends the program with one line `error: ...` on stderr and exit status 2; --debug shows the traceback.
+Every problem the user can act on (GptjaxError, a mistyped config field, a bad flag value, a config
+file that does not load, an OS error) ends the program with one line `error: ...` on stderr and exit
+status 2; --debug shows the traceback.
 """
 
 from __future__ import annotations

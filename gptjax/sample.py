@@ -17,6 +17,8 @@ from gptjax import decode
 from gptjax.errors import GptjaxError, os_error
 from gptjax.model import GPTConfig, init_params
 
+_ATTEMPTS = 3  # reads of the latest checkpoint while a training run prunes it
+
 
 def load_run(workdir: str, step: int | None = None):
   """(params, GPTConfig, tokenizer, step) of the checkpoint at `step` (default: latest) in workdir.
@@ -57,9 +59,6 @@ def load_run(workdir: str, step: int | None = None):
         now = checkpointer.steps()
         if step is not None or attempt == _ATTEMPTS or (now and now[-1] == chosen):
           raise  # damaged, not pruned: a newer checkpoint would have been saved before this one went
-
-
-_ATTEMPTS = 3  # reads of the latest checkpoint while a training run prunes it
 
 
 def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int | None = None, temperature: float = 0.8,

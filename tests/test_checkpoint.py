@@ -23,7 +23,7 @@ from test_reliability import corrupt
 
 
 def pending_tasks():
-  return [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]
+  return [o for o in gc.get_objects() if issubclass(type(o), asyncio.Task) and not o.done()]
 
 
 @pytest.fixture(scope='module')

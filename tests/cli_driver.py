@@ -14,9 +14,9 @@ import sys
 import tempfile
 import traceback
 
-import gptjax.cli  # noqa: F401  (imported once here, shared by every child)
-import gptjax.sample  # noqa: F401
-import gptjax.train  # noqa: F401  # pylint: disable=unused-import
+COMMANDS = ('gptjax.train', 'gptjax.sample')
+for _name in ('gptjax.cli',) + COMMANDS:  # imported once here, shared by every child
+  importlib.import_module(_name)
 
 
 def run_in_child(module: str, argv: list[str]) -> dict:

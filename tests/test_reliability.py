@@ -22,11 +22,10 @@ from gptjax.workdir import lock_holder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'configs', 'tiny.py')
-# A 60-step run that logs every 5 steps and checkpoints every 10. Three steps per call put call
-# boundaries between log lines too (3, 5, 6, 9, 10, 12, ...), so a run can stop mid-window.
-ARGS = ['--config.train.max_steps=60', '--config.train.log_interval=5', '--config.train.eval_interval=20',
-        '--config.train.checkpoint_interval=10', '--config.train.keep_checkpoints=10',
-        '--config.train.steps_per_call=3', '--noprogress']
+# A 60-step run that logs every 10 steps and checkpoints every 10, 5 steps per call (configs/tiny.py):
+# a call ends between two log lines too (at 5, 15, ...), so a run can stop in the middle of a window.
+ARGS = ['--config.train.max_steps=60', '--config.train.log_interval=10', '--config.train.eval_interval=20',
+        '--config.train.checkpoint_interval=10', '--config.train.keep_checkpoints=10', '--noprogress']
 ENV = {**os.environ, 'XLA_FLAGS': ''}
 
 
@@ -86,12 +85,12 @@ def reference(tmp_path_factory):
   """The uninterrupted run every interrupted one must reproduce."""
   workdir = str(tmp_path_factory.mktemp('reference'))
   run_train(workdir)
-  assert [s for s, _, _ in losses(workdir)] == [0] + list(range(5, 61, 5))
+  assert [s for s, _, _ in losses(workdir)] == [0] + list(range(10, 61, 10))
   return losses(workdir)
 
 
 def test_sigkill_at_a_random_step_then_rerun_gives_identical_losses(tmp_path, reference):
-  kill_at = random.Random(8).randrange(15, 55, 5)  # a logged step after the first checkpoints
+  kill_at = random.Random(8).randrange(20, 60, 10)  # a logged step after the first checkpoints
   proc = start_and_wait(str(tmp_path), kill_at)
   proc.kill()
   proc.communicate()
@@ -105,8 +104,8 @@ def test_sigkill_at_a_random_step_then_rerun_gives_identical_losses(tmp_path, re
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_at_the_current_step_then_resumes(tmp_path, reference, signum):
-  """The signal arrives during the first call (steps 1-3): the run stops at step 3, in the middle of
-  the first log window (steps 1-5), and the resumed run's line at step 5 still averages all five."""
+  """The signal arrives during the first call (steps 1-5): the run stops at step 5, in the middle of
+  the first log window (steps 1-10), and the resumed run's line at step 10 still averages all ten."""
   # Without the compilation cache the first call compiles for a second or more, long after the
   # handlers are installed: the signal always lands inside it.
   proc = subprocess.Popen(train_cmd(str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -115,13 +114,13 @@ def test_signal_saves_a_checkpoint_at_the_current_step_then_resumes(tmp_path, re
   proc.send_signal(signum)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 128 + signum, err
-  assert err.strip() == (f'stopped by signal {signum} at step 3; checkpoint saved in '
+  assert err.strip() == (f'stopped by signal {signum} at step 5; checkpoint saved in '
                          f'{os.path.join(str(tmp_path), "checkpoints")}; run the same command again to resume')
-  assert checkpoint_steps(str(tmp_path)) == [3]  # saved where it stopped, mid-window
+  assert checkpoint_steps(str(tmp_path)) == [5]  # saved where it stopped, mid-window
   assert last_step(str(tmp_path)) == 0
   resumed = run_train(str(tmp_path))
-  assert 'resuming from step 3' in resumed.stdout
-  assert losses(str(tmp_path)) == reference  # the line at step 5 included
+  assert 'resuming from step 5' in resumed.stdout
+  assert losses(str(tmp_path)) == reference  # the line at step 10 included
 
 
 def test_kill_during_a_checkpoint_save_resumes_from_the_previous_complete_one(tmp_path, reference):

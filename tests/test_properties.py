@@ -72,26 +72,40 @@ def test_byte_tokenizer_never_fails_with_a_foreign_error(text, ids):
 
 
 @FAST
-@given(data=st.binary(max_size=300), kind=st.sampled_from(['char', 'byte', 'no-such-tokenizer']))
+@given(st.lists(st.one_of(st.text(max_size=8), st.just('[MASK]'), st.just('[MA')), max_size=8))
+def test_mask_token_round_trips_any_text_around_it(pieces):
+  text = ''.join(pieces)
+  tok = D.with_mask_token(D.ByteTokenizer())
+  ids = tok.encode(text)
+  assert tok.decode(ids) == text
+  assert (ids == 256).sum() == text.count('[MASK]')
+
+
+@FAST
+@given(data=st.binary(max_size=300), kind=st.sampled_from(['char', 'byte', 'bpe', 'no-such-tokenizer']))
 def test_corpus_encoding_works_or_says_why(data, kind):
   try:
     tok, ids = D.encode_corpus(data, kind, 'random.bin')
-  except GptjaxError as e:  # an unknown kind, or bytes that are not UTF-8 for the char tokenizer
-    assert kind == 'no-such-tokenizer' or (kind == 'char' and 'not UTF-8' in str(e))
+  except GptjaxError as e:  # an unknown kind, non-UTF-8 bytes for char, bpe without data.bpe_vocab_size
+    assert (kind == 'no-such-tokenizer' or (kind == 'char' and 'not UTF-8' in str(e))
+            or (kind == 'bpe' and 'bpe_vocab_size' in str(e)))
     return
-  assert kind != 'no-such-tokenizer'
+  assert kind in ('char', 'byte')
   assert len(ids) == (len(data) if kind == 'byte' else len(data.decode('utf-8')))
 
 
 INT_FIELDS = ['model.vocab_size', 'model.block_size', 'model.n_layer', 'model.n_head', 'model.n_kv_head',
               'model.n_embd', 'train.seq_len', 'train.batch_size', 'train.max_steps', 'train.warmup_steps',
               'train.decay_steps', 'train.steps_per_call', 'train.log_interval', 'train.eval_interval',
-              'train.eval_iters', 'train.checkpoint_interval', 'train.keep_checkpoints']
+              'train.eval_iters', 'train.checkpoint_interval', 'train.keep_checkpoints', 'model.mlp_hidden']
 FLOAT_FIELDS = ['model.dropout', 'train.learning_rate', 'train.min_lr', 'train.weight_decay', 'train.beta1',
-                'train.beta2', 'train.grad_clip', 'data.val_fraction']
-STR_FIELDS = {'model.pos_encoding': ['learned', 'sinusoidal', 'no-such-encoding', ''],
+                'train.beta2', 'train.grad_clip', 'data.val_fraction', 'model.rope_theta', 'train.mask_prob']
+STR_FIELDS = {'model.pos_encoding': ['learned', 'sinusoidal', 'rope', 'no-such-encoding', ''],
               'model.dtype': ['float32', 'bfloat16', 'float64', 'int8'],
-              'data.tokenizer': ['char', 'byte', 'no-such-tokenizer'], 'train.nan_policy': ['stop', 'skip', 'ignore']}
+              'data.tokenizer': ['char', 'byte', 'bpe', 'no-such-tokenizer'],
+              'train.nan_policy': ['stop', 'skip', 'ignore'],
+              'model.norm': ['layernorm', 'rmsnorm', 'batchnorm'], 'model.mlp': ['gelu', 'swiglu', 'relu'],
+              'train.objective': ['next_token', 'mlm', 'bert']}
 
 
 @settings(max_examples=300, deadline=None)

@@ -220,12 +220,15 @@ def define_flag() -> None:
 def configure(*, batch_size: int = 0, train_devices: int = 0, dropout: float = 0.0, state_bytes: int = 0,
               auto: bool = True, log=print) -> Choices:
   """What a command calls first, before any JAX computation: reads the CPU, chooses, applies, logs
-  one line; returns the choices (for the run record)."""
+  one line; returns the choices (for the run record). Where JAX already started its backends in
+  this process (a command's main() called from a notebook, say), XLA flags and device counts can no
+  longer change: nothing is chosen, and the line says why."""
   from jax._src import xla_bridge  # importing jax does not start its backends; a computation does
-  if xla_bridge.backends_are_initialized():
-    raise RuntimeError('cpu.configure() must run before JAX starts its backends')
+  started = xla_bridge.backends_are_initialized()
   choices = choose(read_cpu(), os.environ, batch_size=batch_size, train_devices=train_devices,
-                   dropout=dropout, state_bytes=state_bytes, auto=auto, libc=libc_name())
+                   dropout=dropout, state_bytes=state_bytes, auto=auto and not started, libc=libc_name())
+  if started and auto:
+    choices = dataclasses.replace(choices, notes=('JAX had already started in this process: nothing chosen',))
   apply(choices)
   log(choices.summary())
   return choices

@@ -103,6 +103,16 @@ def test_cores_count_physical_cores_this_process_may_use():
   assert cpu.choose(arm, {}, batch_size=12).xla_flags == ()  # not measured there: XLA's defaults
 
 
+def test_configure_after_jax_started_changes_nothing():
+  """main() called in a process where JAX already runs: no flag could take effect, so none is set."""
+  jnp.zeros(1).block_until_ready()  # the backends start (conftest's 8 devices)
+  before, lines = dict(os.environ), []
+  choices = cpu.configure(batch_size=12, log=lines.append)
+  assert (choices.devices, choices.xla_flags, choices.malloc_keep_bytes) == (None, (), None)
+  assert dict(os.environ) == before
+  assert len(lines) == 1 and lines[0].endswith('JAX had already started in this process: nothing chosen')
+
+
 def test_the_layout_of_the_weight_gradient_does_not_change_it():
   """matmul's CPU weight gradient (x^T written out, then a YNNPACK product) against the plain one."""
   rng = np.random.default_rng(0)

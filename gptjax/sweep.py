@@ -250,7 +250,7 @@ def load_sweep(path: str, base: ml_collections.ConfigDict | None = None, n_devic
   if not isinstance(raw, (list, tuple)) or not raw or not all(isinstance(p, dict) for p in raw):
     raise GptjaxError(f'sweep file {path}: get_sweep() must return a non-empty list of dicts '
                       "{'section.field': value}, got " + _short(raw))
-  names = point_names(raw)
+  names = point_names(raw, base)
   seen, points = {}, []
   for i, (overrides, name) in enumerate(zip(raw, names)):
     label = f'point {i} ({name})'
@@ -267,6 +267,8 @@ def load_sweep(path: str, base: ml_collections.ConfigDict | None = None, n_devic
     if data_path and not config.data.url and not os.path.exists(data_path):
       raise GptjaxError(f'{label}: data file {data_path} does not exist; pass --sweep.data.path=FILE '
                         '(the sweep command) or set data.path in the sweep file')
+    if name in names[:i]:  # a safety net: distinct valid overrides give distinct names
+      raise GptjaxError(f'{label} has the same directory name as point {names.index(name)}')
     points.append(Point(i, name, dict(overrides), config))
   return Sweep(path, base_overrides, points, module)
 
@@ -364,36 +366,33 @@ def _format_value(v) -> tuple[str, bool]:
   return safe or '_', safe == text
 
 
-def point_names(points: Sequence[dict]) -> list[str]:
+def point_names(points: Sequence[dict], config: ml_collections.ConfigDict | None = None) -> list[str]:
   """Directory names for points, from their overrides: 'n_embd=64,learning_rate=0.001'.
 
-  Fields appear in a fixed order (sorted by their dotted path, seed last) by their last part, or
-  the whole path where two swept fields share a last part. A name that would be longer than
-  MAX_NAME, that had characters replaced, or that two points would share gets a hash of the
-  overrides appended, so names stay unique and the same overrides always give the same name.
+  Fields appear in a fixed order (sorted by their dotted path, seed last), each by its last part
+  unless that part names two fields of `config` (then by its whole path; without a config, two
+  swept fields). A name that would be longer than MAX_NAME or had characters replaced gets a hash
+  of the overrides appended. So a point's name depends only on its own overrides (and the config's
+  field names): adding points to a sweep never renames the ones already run.
   """
-  keys = {k for p in points for k in p}
+  keys = _flatten(config.to_dict()) if config is not None else {k: None for p in points for k in p}
   leaves = {}
   for k in keys:
-    leaves.setdefault(str(k).split('.')[-1], []).append(k)
-  short = {k: (str(k).split('.')[-1] if len(leaves[str(k).split('.')[-1]]) == 1 else str(k)) for k in keys}
-  names, exact = [], []
+    leaves.setdefault(str(k).split('.')[-1], set()).add(k)
+  names = []
   for p in points:
-    parts, ok = [], True
+    parts, exact = [], True
     for k in sorted(p, key=lambda k: _field_order(str(k))):
+      leaf = str(k).split('.')[-1]
       text, fine = _format_value(p[k])
-      parts.append(f'{short[k]}={text}')
-      ok &= fine
-    names.append(','.join(parts) or 'base')
-    exact.append(ok)
-  counts = {n: names.count(n) for n in names}
-  out = []
-  for p, name, ok in zip(points, names, exact):
-    if not ok or counts[name] > 1 or len(name) > MAX_NAME:
+      parts.append(f'{leaf if len(leaves.get(leaf, ())) <= 1 else k}={text}')
+      exact &= fine
+    name = ','.join(parts) or 'base'
+    if not exact or len(name) > MAX_NAME:
       digest = hashlib.sha1(_canonical(p).encode()).hexdigest()[:8]
       name = f'{name[:MAX_NAME - len(digest) - 1]}-{digest}'
-    out.append(name)
-  return out
+    names.append(name)
+  return names
 
 
 # ---------------------------------------------------------------------------------------------

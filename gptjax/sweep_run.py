@@ -177,8 +177,9 @@ class _Job:
   slot: Slot
   phase: str  # 'train' or 'evaluate'
   proc: subprocess.Popen
-  started: float
-  started_at: str
+  started: float  # time.monotonic()
+  started_at: str  # local time, ISO 8601
+  started_unix: float
   log_offset: int
   out_path: str | None = None
   cores: str = ''
@@ -205,7 +206,7 @@ def _launch(command: list[str], slot: Slot, directory: str, point: sw.Point, pha
     log.close()
     if out_path:
       out.close()
-  return _Job(point, slot, phase, proc, time.monotonic(), _now(), offset, out_path)
+  return _Job(point, slot, phase, proc, time.monotonic(), _now(), time.time(), offset, out_path)
 
 
 def _observe(job: _Job) -> None:
@@ -240,7 +241,7 @@ def _error_of(directory: str, offset: int) -> str:
 
 def _record_attempt(directory: str, job: _Job, exit_code: int, status: str, error: str) -> None:
   record = {'phase': job.phase, 'runner': 'sweep', 'host': socket.gethostname(), 'start': job.started_at,
-            'wall_s': round(time.monotonic() - job.started, 3), 'slot': job.slot.index,
+            'start_unix': round(job.started_unix, 3), 'wall_s': round(time.monotonic() - job.started, 3), 'slot': job.slot.index,
             'cores': job.cores or _core_list(job.slot.cores), 'xla_threads': job.xla_threads,
             'gpus': ','.join(job.slot.gpus), 'exit_code': exit_code, 'status': status, 'error': error}
   with open(os.path.join(directory, sw.ATTEMPTS), 'a', encoding='utf-8') as f:
@@ -505,7 +506,7 @@ def slurm_script(sweep: sw.Sweep, workdir: str, slot: Slot, indices: Sequence[in
             'echo "--- $(date -Iseconds) train, SLURM job ${SLURM_JOB_ID:-none} task $i on cores $mine: ${cmd[*]}"'
             ' >> "$dir/train.log"',
             'start=$(date -Iseconds); t0=$SECONDS',
-            '"${pin[@]}" "${cmd[@]}" >> "$dir/train.log" 2>&1; rc=$?',
+            '${pin[@]+"${pin[@]}"} "${cmd[@]}" >> "$dir/train.log" 2>&1; rc=$?',
             'status=trained; [ $rc -eq 0 ] || status=failed; '
             f'[ $rc -eq {128 + signal.SIGTERM} ] || [ $rc -eq {128 + signal.SIGINT} ] && status=interrupted',
             'err=$(grep "^error: " "$dir/train.log" | tail -n 1 | cut -c 8- | tr -d \'"\\\\\')',
@@ -516,7 +517,7 @@ def slurm_script(sweep: sw.Sweep, workdir: str, slot: Slot, indices: Sequence[in
             '$rc "$status" "$err" >> "$dir/attempts.jsonl"',
             '[ $rc -eq 0 ] || exit $rc',
             'step=$(ls "$dir/checkpoints" | grep -E \'^[0-9]+$\' | sort -n | tail -n 1)',
-            f'"${{pin[@]}}" {" ".join(shlex.quote(c) for c in sw.evaluate_command("DIR")[:-1])} --workdir="$dir" '
+            f'${{pin[@]+"${{pin[@]}}"}} {" ".join(shlex.quote(c) for c in sw.evaluate_command("DIR")[:-1])} --workdir="$dir" '
             f'> "$dir/.{sw.EVALUATION}.out" 2>> "$dir/train.log" || exit $?',
             f'sed "s/^{{/{{\\"step\\": $step, /" "$dir/.{sw.EVALUATION}.out" | tail -n 1 > "$dir/{sw.EVALUATION}"',
             f'rm -f "$dir/.{sw.EVALUATION}.out"', '']

@@ -234,13 +234,19 @@ def _numeric(values) -> bool:
   return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def plot_field(table: list[dict], fields: list[str], field: str, path: str, metric: str = 'val_loss') -> str:
-  """Final `metric` against one swept field: a line per combination of the other swept fields,
-  mean over seeds with ± std error bars; a log axis where the values span a decade or more."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+def new_figure(size):
+  """A matplotlib Figure on the Agg canvas (no display, no pyplot state)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=size, dpi=110, layout='constrained')
+  FigureCanvasAgg(fig)
+  return fig
 
+
+def plot_field(table: list[dict], fields: list[str], field: str, metric: str = 'val_loss'):
+  """Final `metric` against one swept field, as a matplotlib Figure: a line per combination of the
+  other swept fields, the mean over seeds with ± std error bars where a point has several seeds,
+  and a log axis where the values span a decade or more."""
   others = [f for f in fields if f != field and not _is_seed(f)]
   groups = [g for g in seed_groups(table, fields, metrics=(metric,)) if f'{metric}_mean' in g]
   xs = [g[field] for g in groups]
@@ -249,15 +255,16 @@ def plot_field(table: list[dict], fields: list[str], field: str, path: str, metr
   series = {}
   for g in groups:
     series.setdefault(tuple((f.split('.')[-1], g[f]) for f in others), []).append(g)
-  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  fig = new_figure((6.4, 4.4))
+  ax = fig.add_subplot()
   for label, members in sorted(series.items(), key=lambda kv: [(0, v, '') if _numeric([v]) else (1, 0, str(v))
                                                                  for _, v in kv[0]]):
     members = sorted(members, key=lambda g: g[field] if numeric else order.index(str(g[field])))
     x = [g[field] if numeric else order.index(str(g[field])) for g in members]
     y = [g[f'{metric}_mean'] for g in members]
-    err = [g[f'{metric}_std'] for g in members]
+    err = [g[f'{metric}_std'] for g in members] if any(g['n'] > 1 for g in members) else None
     text = ', '.join(f'{k}={sweep_lib.format_override(v)}' for k, v in label) or None
-    ax.errorbar(x, y, yerr=err if any(g['n'] > 1 for g in members) else None, marker='o', capsize=3, label=text)
+    ax.errorbar(x, y, yerr=err, marker='o', capsize=3, label=text)
   if numeric and order and min(order) > 0 and max(order) / min(order) >= 10:
     ax.set_xscale('log')
   if not numeric:
@@ -268,19 +275,13 @@ def plot_field(table: list[dict], fields: list[str], field: str, path: str, metr
   ax.grid(True, which='both', alpha=0.3)
   if len(series) > 1:
     ax.legend(fontsize='small')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return fig
 
 
-def plot_curves(sweep: sweep_lib.Sweep, workdir: str, path: str) -> str:
-  """Every point's val loss (and train loss, dashed) against step on one chart."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+def plot_curves(sweep: sweep_lib.Sweep, workdir: str):
+  """Every point's val loss (and train loss, dashed) against step on one chart, as a Figure."""
+  fig = new_figure((7.5, 4.8))
+  ax = fig.add_subplot()
   for i, point in enumerate(sweep.points):
     records = read_jsonl(os.path.join(sweep_lib.point_dir(workdir, point), 'metrics.jsonl'))
     color = f'C{i % 10}'
@@ -295,9 +296,14 @@ def plot_curves(sweep: sweep_lib.Sweep, workdir: str, path: str) -> str:
   ax.grid(True, alpha=0.3)
   if len(sweep.points) <= 20:
     ax.legend(fontsize='x-small', ncol=2 if len(sweep.points) > 8 else 1)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
+
+
+def save_png(fig, path: str) -> str:
+  """Writes the figure as a PNG, whole or not at all."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png')
+  atomic_write(path, buffer.getvalue())
   return path
 
 
@@ -311,12 +317,12 @@ def write(sweep: sweep_lib.Sweep, workdir: str, plots: bool = True) -> tuple[lis
     plots_dir = os.path.join(workdir, 'plots')
     os.makedirs(plots_dir, exist_ok=True)
     if any(r.get('step') is not None for r in table):
-      images.append(plot_curves(sweep, workdir, os.path.join(plots_dir, 'curves.png')))
+      images.append(save_png(plot_curves(sweep, workdir), os.path.join(plots_dir, 'curves.png')))
     if any(isinstance(r.get('val_loss'), float) for r in table):
       for field in sweep.fields:
         if not _is_seed(field):
-          images.append(plot_field(table, sweep.fields, field,
-                                   os.path.join(plots_dir, f'val_loss_vs_{field.split(".")[-1]}.png')))
+          images.append(save_png(plot_field(table, sweep.fields, field),
+                              os.path.join(plots_dir, f'val_loss_vs_{field.split(".")[-1]}.png')))
     if callable(getattr(sweep.module, 'report', None)):  # a study's own analysis, as Markdown
       try:
         report = sweep.module.report(table, plots_dir) or ''

@@ -318,7 +318,7 @@ def run_points(sweep: sw.Sweep, workdir: str, slots: Sequence[Slot], *, retry_fa
     elif state.kind == 'failed' and not retry_failed:
       log(f'  {p.name}: failed before ({state.detail}); pass --retry_failed to run it again')
 
-  tqdm.monitor_interval = 0  # no monitor thread: children are forked from this process
+  monitor, tqdm.monitor_interval = tqdm.monitor_interval, 0  # no monitor thread while children are forked
   overall = tqdm(total=len(todo), unit='point', disable=not progress, dynamic_ncols=True, position=0)
   bars = {}
   free, jobs, forwarded = list(slots), [], 0
@@ -354,7 +354,7 @@ def run_points(sweep: sw.Sweep, workdir: str, slots: Sequence[Slot], *, retry_fa
         if not signals.received:
           start(point, job.slot, 'evaluate')
           return
-      elif rc in _STOP_CODES or rc < 0:
+      elif rc in _STOP_CODES or rc < 0 or signals.received:  # (a second Ctrl-C ends a run without its code)
         error = _error_of(directory, job.log_offset) or f'killed by signal {-rc}'
         _record_attempt(directory, job, rc, 'interrupted', error)
         steps = sw.checkpoint_steps(directory)
@@ -377,7 +377,7 @@ def run_points(sweep: sw.Sweep, workdir: str, slots: Sequence[Slot], *, retry_fa
                                                 if isinstance(evaluation.get(k), float)))
       else:
         error = 'evaluate: ' + (_error_of(directory, job.log_offset) or f'exit status {rc}')
-        status = 'interrupted' if rc in _STOP_CODES or rc < 0 else 'failed'
+        status = 'interrupted' if rc in _STOP_CODES or rc < 0 or signals.received else 'failed'
         _record_attempt(directory, job, rc, status, error)
         states[point.name] = sw.PointState(status, states[point.name].step, error)
         say(f'{point.name}: {status} ({error})')
@@ -427,6 +427,7 @@ def run_points(sweep: sw.Sweep, workdir: str, slots: Sequence[Slot], *, retry_fa
       for bar in bars.values():
         bar.close()
       overall.close()
+      tqdm.monitor_interval = monitor
     if signals.received:
       raise Stopped(signals.received[0])
   return states

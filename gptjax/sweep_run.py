@@ -155,6 +155,7 @@ def _find_prctl():
 _PRCTL = _find_prctl()  # looked up once, before any fork: the child may only call it
 _PR_SET_PDEATHSIG = 1
 _STOP_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # gptjax.train's exit after a signal
+EXIT_ERROR = 2  # a command's exit after its one-line `error: ...` (cli.EXIT_USAGE)
 
 
 def _child_setup(cores: tuple[int, ...], parent: int) -> Callable[[], None]:
@@ -354,7 +355,7 @@ def run_points(sweep: sw.Sweep, workdir: str, slots: Sequence[Slot], *, retry_fa
         if not signals.received:
           start(point, job.slot, 'evaluate')
           return
-      elif rc in _STOP_CODES or rc < 0 or signals.received:  # (a second Ctrl-C ends a run without its code)
+      elif rc in _STOP_CODES or rc < 0 or (signals.received and rc != EXIT_ERROR):  # a 2nd Ctrl-C: exit 1
         error = _error_of(directory, job.log_offset) or f'killed by signal {-rc}'
         _record_attempt(directory, job, rc, 'interrupted', error)
         steps = sw.checkpoint_steps(directory)
@@ -377,7 +378,8 @@ def run_points(sweep: sw.Sweep, workdir: str, slots: Sequence[Slot], *, retry_fa
                                                 if isinstance(evaluation.get(k), float)))
       else:
         error = 'evaluate: ' + (_error_of(directory, job.log_offset) or f'exit status {rc}')
-        status = 'interrupted' if rc in _STOP_CODES or rc < 0 or signals.received else 'failed'
+        status = 'interrupted' if rc in _STOP_CODES or rc < 0 or (signals.received and rc != EXIT_ERROR) \
+            else 'failed'
         _record_attempt(directory, job, rc, status, error)
         states[point.name] = sw.PointState(status, states[point.name].step, error)
         say(f'{point.name}: {status} ({error})')

@@ -304,8 +304,11 @@ def test_summary_markdown_and_plots(four):
                                  ['train.learning_rate', 'seed'], 'train.learning_rate')
   ax = fig.axes[0]
   assert ax.get_xlabel() == 'train.learning_rate' and 'mean ± std over seeds' in ax.get_ylabel()
-  (line,) = ax.get_lines()
-  assert list(line.get_xdata()) == [0.001, 0.003] and len(ax.containers[0].lines[2]) == 1  # y error bars
+  (bars,) = ax.containers  # one errorbar series: (data line, caps, [y error bar collection])
+  assert list(bars.lines[0].get_xdata()) == [0.001, 0.003] and len(bars.lines[2]) == 1
+  means = {r: statistics.fmean(float(x['val_loss']) for x in rows if x['train.learning_rate'] == r)
+           for r in ('0.001', '0.003')}
+  assert list(bars.lines[0].get_ydata()) == [means['0.001'], means['0.003']]
   assert ax.get_xscale() == 'linear'  # 0.001 to 0.003 spans less than a decade
   import matplotlib.image
   image = matplotlib.image.imread(os.path.join(workdir, 'plots', 'val_loss_vs_learning_rate.png'))
@@ -384,7 +387,8 @@ def test_stopped_and_killed_sweeps_resume_and_a_failing_point_does_not_stop_the_
       return f.read()
 
   sweep = start()
-  _wait(lambda: max(sweep_lib.checkpoint_steps(long), default=0) >= 20 and 'error: the loss is nan' in log_of(nan),
+  _wait(lambda: max(sweep_lib.checkpoint_steps(long), default=0) >= 20
+        and [a['status'] for a in sweep_lib.read_attempts(nan)] == ['failed'],
         'the long point to checkpoint and the NaN point to fail')
   sweep.send_signal(signal.SIGINT)  # Ctrl-C
   out, err = sweep.communicate(timeout=120)

@@ -144,7 +144,7 @@ def _fmt(value, digits=4) -> str:
   if isinstance(value, float):
     if not math.isfinite(value):
       return str(value)
-    if abs(value) >= 1e4:
+    if abs(value) >= 100:  # tokens/s, seconds
       return f'{value:,.0f}'
     return f'{value:.{digits}f}' if abs(value) >= 1e-2 else f'{value:.3g}'
   if isinstance(value, int) and abs(value) >= 1e4:

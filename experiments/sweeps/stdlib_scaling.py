@@ -16,8 +16,9 @@ from gptjax import sweep
 
 TOKENS_PER_PARAM = 20
 BATCH, SEQ = 16, 128
-# (n_layer, n_head, n_embd): N from 12.8K to 447K non-embedding parameters.
-SHAPES = [(1, 2, 32), (2, 2, 32), (2, 3, 48), (2, 4, 64), (4, 4, 64), (4, 4, 96)]
+# (n_layer, n_head, n_embd): N from 447K down to 13K non-embedding parameters, largest first so that
+# the longest run starts first when points run in parallel.
+SHAPES = [(4, 4, 96), (4, 4, 64), (2, 4, 64), (2, 3, 48), (2, 2, 32), (1, 2, 32)]
 
 
 def get_config():

@@ -279,31 +279,23 @@ def plot_field(table: list[dict], fields: list[str], field: str, metric: str = '
 
 
 def plot_curves(sweep: sweep_lib.Sweep, workdir: str):
-  """Every point's val loss (and train loss, dashed) against step on one chart, as a Figure."""
-  fig = new_figure((7.5, 4.8))
+  """Every point's train and val loss against step on one chart (gptjax.plot), as a Figure."""
+  from gptjax import plot
+
+  curves = [plot.load_curves(sweep_lib.point_dir(workdir, p), label=p.name) for p in sweep.points
+            if os.path.exists(os.path.join(sweep_lib.point_dir(workdir, p), 'metrics.jsonl'))]
+  fig = new_figure((9, 5.5))
   ax = fig.add_subplot()
-  for i, point in enumerate(sweep.points):
-    records = read_jsonl(os.path.join(sweep_lib.point_dir(workdir, point), 'metrics.jsonl'))
-    color = f'C{i % 10}'
-    val = [(r['step'], r['val_loss']) for r in records if 'val_loss' in r]
-    train = [(r['step'], r['train_loss']) for r in records if 'train_loss' in r]
-    if val:
-      ax.plot(*zip(*val), color=color, marker='.', label=point.name)
-    if train:
-      ax.plot(*zip(*train), color=color, linestyle='--', alpha=0.5)
-  ax.set_xlabel('step')
-  ax.set_ylabel('loss (val solid, train dashed)')
-  ax.grid(True, alpha=0.3)
-  if len(sweep.points) <= 20:
-    ax.legend(fontsize='x-small', ncol=2 if len(sweep.points) > 8 else 1)
+  plot.plot_curves(curves, ax=ax, title=f'{os.path.basename(os.path.abspath(workdir))}: every point')
+  if len(curves) > 6:  # two lines per point: a smaller legend in two columns
+    ax.legend(fontsize='x-small', ncol=2)
   return fig
 
 
 def save_png(fig, path: str) -> str:
-  """Writes the figure as a PNG, whole or not at all."""
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format='png')
-  atomic_write(path, buffer.getvalue())
+  """Writes the figure as a PNG (gptjax.plot.save_figure: whole or not at all); returns the path."""
+  from gptjax import plot
+  plot.save_figure(fig, path)
   return path
 
 

@@ -302,7 +302,8 @@ def save_png(fig, path: str) -> str:
 def write(sweep: sweep_lib.Sweep, workdir: str, plots: bool = True) -> tuple[list[dict], list[str]]:
   """Writes WORKDIR/summary.csv and summary.md; with `plots`, also the plots and the section that the
   sweep file's optional `report(rows, plots_dir) -> str` returns (Markdown; it may draw its own
-  figures into plots_dir and link them as plots/NAME.png). Returns (rows, paths written)."""
+  figures into plots_dir and link them as plots/NAME.png). Val loss is plotted against each swept
+  field, or against those the sweep file lists in PLOT_FIELDS. Returns (rows, paths written)."""
   table = rows(sweep, workdir)
   paths, images, report = [], [], ''
   if plots:
@@ -311,7 +312,7 @@ def write(sweep: sweep_lib.Sweep, workdir: str, plots: bool = True) -> tuple[lis
     if any(r.get('step') is not None for r in table):
       images.append(save_png(plot_curves(sweep, workdir), os.path.join(plots_dir, 'curves.png')))
     if any(isinstance(r.get('val_loss'), float) for r in table):
-      for field in sweep.fields:
+      for field in getattr(sweep.module, 'PLOT_FIELDS', sweep.fields):  # the sweep file may choose
         if not _is_seed(field):
           images.append(save_png(plot_field(table, sweep.fields, field),
                               os.path.join(plots_dir, f'val_loss_vs_{field.split(".")[-1]}.png')))

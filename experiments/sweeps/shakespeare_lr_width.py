@@ -1,4 +1,5 @@
-"""Learning rate x width on nanoGPT's Shakespeare recipe (configs/shakespeare_char.py): 12 short runs.
+"""Learning rate x width on nanoGPT's Shakespeare recipe (configs/shakespeare_char.py): 4 x 3 points,
+2 seeds each (24 short runs; the summary gives mean ± std over the seeds).
 
     python -m gptjax.sweep --sweep=experiments/sweeps/shakespeare_lr_width.py \
         --sweep.data.path=../shared/data/tinyshakespeare.txt --workdir=runs/shakespeare_lr_width --parallel=2
@@ -24,4 +25,5 @@ def get_config():
 
 
 def get_sweep():
-  return sweep.grid({'train.learning_rate': [3e-4, 1e-3, 3e-3, 1e-2], 'model.n_embd': [64, 128, 192]})
+  return sweep.product(sweep.grid({'train.learning_rate': [3e-4, 1e-3, 3e-3, 1e-2], 'model.n_embd': [64, 128, 192]}),
+                       sweep.seeds(2))

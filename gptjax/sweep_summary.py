@@ -279,16 +279,30 @@ def plot_field(table: list[dict], fields: list[str], field: str, metric: str = '
 
 
 def plot_curves(sweep: sweep_lib.Sweep, workdir: str):
-  """Every point's train and val loss against step on one chart (gptjax.plot), as a Figure."""
+  """Every point's curves (gptjax.plot) as a Figure: train loss and val loss side by side, one colour
+  per point, one legend beside both panels. The y axis leaves out the first 10% of the steps (the
+  fall from ~ln(vocab) that would squash the differences between points)."""
   from gptjax import plot
 
   curves = [plot.load_curves(sweep_lib.point_dir(workdir, p), label=p.name) for p in sweep.points
             if os.path.exists(os.path.join(sweep_lib.point_dir(workdir, p), 'metrics.jsonl'))]
-  fig = new_figure((9, 5.5))
-  ax = fig.add_subplot()
-  plot.plot_curves(curves, ax=ax, title=f'{os.path.basename(os.path.abspath(workdir))}: every point')
-  if len(curves) > 6:  # two lines per point: a smaller legend in two columns
-    ax.legend(fontsize='x-small', ncol=2)
+  fig = new_figure((12, 5.5))
+  panels = fig.subplots(1, 2, sharey=True)
+  for ax, metric in zip(panels, ('train_loss', 'val_loss')):
+    if any(run.series(metric)[0] for run in curves):
+      plot.plot_curves(curves, metrics=(metric,), ax=ax, title=metric.replace('_', ' '))
+      ax.get_legend().remove()
+  handles, labels = max((ax.get_legend_handles_labels() for ax in panels), key=lambda hl: len(hl[0]))
+  fig.legend(handles, [label.rsplit(' ', 1)[0] for label in labels], loc='outside right upper',
+             fontsize='x-small' if len(curves) > 8 else 'small')
+  fig.suptitle(f'{os.path.basename(os.path.abspath(workdir))}: every point')
+  last = max((r['step'] for run in curves for r in run.records), default=0)
+  tail = [y for run in curves for metric in ('train_loss', 'val_loss')
+          for x, y in zip(*run.series(metric)) if x >= 0.1 * last]
+  if tail and last > 0:
+    low, high = min(tail), max(tail)
+    pad = 0.05 * (high - low or abs(high) or 1.0)
+    panels[0].set_ylim(low - pad, high + pad)
   return fig
 
 

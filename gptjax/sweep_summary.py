@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 import sys
 
@@ -26,7 +27,10 @@ from gptjax.metrics import read_jsonl
 
 COLUMNS = ('point', 'status', 'val_loss', 'best_val_loss', 'best_step', 'eval_loss', 'bits_per_byte',
            'perplexity', 'train_loss', 'tokens_per_sec', 'params', 'params_nonembed', 'step', 'cores',
-           'xla_threads', 'gpus', 'wall_s', 'error')
+           'xla_threads', 'gpus', 'wall_s', 'unrecorded_runs', 'error')
+# A training process the sweep started but never saw end (the sweep was killed outright) leaves its
+# launch line in train.log but no line in attempts.jsonl: its time is missing from wall_s.
+_LAUNCH = re.compile(r'^--- \S+ train[ ,]', re.MULTILINE)
 
 
 def param_counts(model: dict) -> tuple[int, int]:
@@ -90,6 +94,13 @@ def point_row(sweep: sweep_lib.Sweep, point: sweep_lib.Point, workdir: str) -> d
       row['xla_threads'] = last['xla_threads']
   if attempts:
     row['wall_s'] = round(sum(a.get('wall_s', 0) for a in attempts), 1)
+  try:
+    with open(os.path.join(directory, sweep_lib.TRAIN_LOG), encoding='utf-8', errors='replace') as f:
+      launches = len(_LAUNCH.findall(f.read()))
+  except OSError:
+    launches = 0
+  if launches > len(trains_run) and state.kind != 'running':  # (a running point's run has not ended)
+    row['unrecorded_runs'] = launches - len(trains_run)
   return row
 
 
@@ -152,6 +163,12 @@ def _fmt(value, digits=4) -> str:
   return str(value)
 
 
+def _wall(row) -> str:
+  text = _fmt(row.get('wall_s'), 1)
+  missing = row.get('unrecorded_runs')
+  return f'{text} + {missing} unrecorded run(s)' if missing else text
+
+
 def to_csv(table: list[dict], fields: list[str]) -> str:
   """Every column, values at full precision (floats read back exactly)."""
   columns = ['point', *fields, *COLUMNS[1:]]
@@ -195,7 +212,7 @@ def to_markdown(table: list[dict], sweep: sweep_lib.Sweep, workdir: str, plots: 
       resources = f"{resources}; GPU {row['gpus']}"
     body.append([row['point'], *[_fmt(row.get(f)) for f in fields], row['status'], _fmt(row.get('val_loss')),
                  best, _fmt(row.get('bits_per_byte')), _fmt(row.get('train_loss')),
-                 _fmt(row.get('tokens_per_sec')), _fmt(row.get('params')), resources, _fmt(row.get('wall_s'), 1)])
+                 _fmt(row.get('tokens_per_sec')), _fmt(row.get('params')), resources, _wall(row)])
   lines.append(_md_table(header, body))
   if any(_is_seed(f) for f in fields):
     groups = seed_groups(table, fields)
@@ -221,7 +238,7 @@ def console_table(table: list[dict], sweep: sweep_lib.Sweep) -> str:
   """A short table for the terminal."""
   header = ['point', 'status', 'val loss', 'bits/byte', 'tokens/s', 'wall s']
   body = [[row['point'], row['status'], _fmt(row.get('val_loss')), _fmt(row.get('bits_per_byte')),
-           _fmt(row.get('tokens_per_sec')), _fmt(row.get('wall_s'), 1)] for row in table]
+           _fmt(row.get('tokens_per_sec')), _wall(row)] for row in table]
   widths = [max(len(str(x)) for x in column) for column in zip(header, *body)]
   return '\n'.join('  '.join(str(x).ljust(w) for x, w in zip(line, widths)) for line in [header, *body])
 

@@ -425,6 +425,50 @@ def test_stopped_and_killed_sweeps_resume_and_a_failing_point_does_not_stop_the_
     assert file_bytes(os.path.join(short, n)) == content  # the finished point never ran again
   rows = {r['point']: r for r in read_csv(workdir / 'summary.csv')}
   assert rows['max_steps=20']['status'] == rows['max_steps=2000']['status'] == 'done'
+  # The run orphaned by the kill ended unseen: its time is reported missing, not counted as zero.
+  assert rows['max_steps=2000']['unrecorded_runs'] == '1' and rows['max_steps=20']['unrecorded_runs'] == ''
   failed = rows[os.path.basename(nan)]
   assert failed['status'] == 'failed' and failed['error'].startswith('the loss is nan at step ')
   assert list(rows)[-1] == os.path.basename(nan)  # no val loss at the end: sorted last
+
+
+HOLD_LOCK = '''
+import sys, time
+from gptjax import workdir
+with workdir.lock(sys.argv[1]):
+  print('locked', flush=True)
+  sys.stdin.read()  # until the test closes our stdin
+'''
+
+
+def test_a_point_held_by_a_live_run_is_reported_running_and_runs_once_free(four, tmp_path):
+  """Another process holds one point's workdir lock (as a `gptjax.train` started by hand does): the
+  sweep reports that point as running (not failed, not started a second time) and finishes the
+  others; once the lock is free, the same command runs it."""
+  import shutil
+  path, done_dir, _ = four
+  workdir = tmp_path / 'runs'
+  shutil.copytree(done_dir, workdir)  # the 4 finished points of the fixture
+  grown = write_sweep(tmp_path / 'grown.py', "sweep.product(sweep.grid({'train.learning_rate': [1e-3, 3e-3]}), "
+                                             "sweep.seeds(2)) + [{'train.learning_rate': 1e-2, 'seed': 0}]")
+  held = workdir / 'learning_rate=0.01,seed=0'
+  holder = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(held)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+  try:
+    assert holder.stdout.readline() == 'locked\n'
+    dry = run_sweep(grown, workdir, '--dry_run').stdout.splitlines()
+    assert dry[8].startswith(f'# point 4: learning_rate=0.01,seed=0 (running, held by pid {holder.pid} on ')
+    proc = run_sweep(grown, workdir, '--parallel=2')
+    assert proc.stdout.startswith('5 points: 4 done, 1 running; running 0 on 2 slot(s)')
+    assert f'learning_rate=0.01,seed=0: running elsewhere (held by pid {holder.pid} on ' in proc.stdout
+    row = {r['point']: r for r in read_csv(workdir / 'summary.csv')}['learning_rate=0.01,seed=0']
+    assert row['status'] == 'running' and row['error'].startswith(f'held by pid {holder.pid} on ')
+    assert sorted(os.listdir(held)) == ['lock']  # the sweep wrote nothing into the held point
+  finally:
+    holder.stdin.close()
+    holder.wait(timeout=30)
+  again = run_sweep(grown, workdir, '--parallel=2')
+  assert again.stdout.startswith('5 points: 4 done, 1 pending; running 1 on 2 slot(s)')
+  rows = {r['point']: r for r in read_csv(workdir / 'summary.csv')}
+  assert [r['status'] for r in rows.values()] == ['done'] * 5
+  assert int(rows['learning_rate=0.01,seed=0']['step']) == 20

@@ -630,6 +630,11 @@ def main():
     rows, paths = summarize(plots=True)
     print(sweep_summary.console_table(rows, sweep))
     print('wrote ' + ', '.join(paths))
+    running = [r for r in rows if r['status'] == 'running']
+    if running:  # not a failure: their own processes are training them
+      print(f'{len(running)} point(s) are being trained by another process (' +
+            '; '.join(f"{r['point']}: {r['error']}" for r in running[:3]) +
+            '); run this command again once they end, for their evaluation and the full summary', file=sys.stderr)
     failed = [r for r in rows if r['status'] == 'failed']
     if failed:
       print(f'{len(failed)} of {len(rows)} point(s) failed: ' +

@@ -297,13 +297,14 @@ def plot_field(table: list[dict], fields: list[str], field: str, metric: str = '
 
 def plot_curves(sweep: sweep_lib.Sweep, workdir: str):
   """Every point's curves (gptjax.plot) as a Figure: train loss and val loss side by side, one colour
-  per point, one legend beside both panels. The y axis leaves out the first 10% of the steps (the
-  fall from ~ln(vocab) that would squash the differences between points)."""
+  per point, one legend beside both panels. The y axis leaves out the first 10% of each point's steps
+  (the fall from ~ln(vocab) that would squash the differences between points)."""
   from gptjax import plot
 
   curves = [plot.load_curves(sweep_lib.point_dir(workdir, p), label=p.name) for p in sweep.points
             if os.path.exists(os.path.join(sweep_lib.point_dir(workdir, p), 'metrics.jsonl'))]
-  fig = new_figure((12, 5.5))
+  longest = max((len(run.label) for run in curves), default=0)
+  fig = new_figure((10.5 + 0.08 * longest, 5.5))  # room for the legend beside the panels
   panels = fig.subplots(1, 2, sharey=True)
   for ax, metric in zip(panels, ('train_loss', 'val_loss')):
     if any(run.series(metric)[0] for run in curves):
@@ -313,10 +314,11 @@ def plot_curves(sweep: sweep_lib.Sweep, workdir: str):
   fig.legend(handles, [label.rsplit(' ', 1)[0] for label in labels], loc='outside right upper',
              fontsize='x-small' if len(curves) > 8 else 'small')
   fig.suptitle(f'{os.path.basename(os.path.abspath(workdir))}: every point')
-  last = max((r['step'] for run in curves for r in run.records), default=0)
-  tail = [y for run in curves for metric in ('train_loss', 'val_loss')
-          for x, y in zip(*run.series(metric)) if x >= 0.1 * last]
-  if tail and last > 0:
+  tail = []
+  for run in curves:
+    last = max((r['step'] for r in run.records), default=0)
+    tail += [y for metric in ('train_loss', 'val_loss') for x, y in zip(*run.series(metric)) if x >= 0.1 * last]
+  if tail:
     low, high = min(tail), max(tail)
     pad = 0.05 * (high - low or abs(high) or 1.0)
     panels[0].set_ylim(low - pad, high + pad)

@@ -158,7 +158,7 @@ def _fmt(value, digits=4) -> str:
     if abs(value) >= 100:  # tokens/s, seconds
       return f'{value:,.0f}'
     return f'{value:.{digits}f}' if abs(value) >= 1e-2 else f'{value:.3g}'
-  if isinstance(value, int) and abs(value) >= 1e4:
+  if isinstance(value, int) and abs(value) >= 1000:
     return f'{value:,}'
   return str(value)
 

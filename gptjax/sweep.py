@@ -39,7 +39,9 @@ import ml_collections
 import numpy as np
 
 from gptjax import config as config_lib
+from gptjax import workdir as workdir_lib
 from gptjax.errors import GptjaxError
+from gptjax.workdir import lock_holder  # the live run training in a workdir (issue 8's lock), or None
 
 MAX_NAME = 100  # characters in a point's directory name
 POINT_RECORD = 'sweep_point.json'  # in each point's workdir: what the sweep asked that point to be
@@ -453,11 +455,6 @@ def read_attempts(directory: str) -> list[dict]:
   return read_jsonl(os.path.join(directory, ATTEMPTS))
 
 
-def lock_holder(directory: str) -> dict | None:
-  """The live process holding a run's workdir lock, or None."""
-  return None
-
-
 def inspect_point(point: Point, directory: str) -> PointState:
   """What a point needs: nothing (done), training from scratch or from its checkpoint, evaluation."""
   holder = lock_holder(directory) if os.path.isdir(directory) else None
@@ -479,7 +476,7 @@ def inspect_point(point: Point, directory: str) -> PointState:
 
 
 def holder_text(holder: dict) -> str:
-  return f"held by pid {holder.get('pid')} on {holder.get('host')} since {holder.get('start', '?')}"
+  return 'held by ' + workdir_lib.describe(holder)
 
 
 def read_evaluation(directory: str) -> dict | None:

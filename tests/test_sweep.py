@@ -410,6 +410,7 @@ def test_stopped_and_killed_sweeps_resume_and_a_failing_point_does_not_stop_the_
   # The sweep's children get SIGTERM when it dies (PR_SET_PDEATHSIG): the run checkpoints and stops.
   _wait(lambda: 'stopped by signal 15' in log_of(long), 'the orphaned run to checkpoint on SIGTERM', 60)
   _wait(lambda: 'stopped by signal 15' in log_of(long).splitlines()[-1], 'the orphaned run to exit', 60)
+  _wait(lambda: sweep_lib.lock_holder(long) is None, 'the orphaned run to release its workdir lock', 60)
   killed_at = max(sweep_lib.checkpoint_steps(long))
   assert stopped_at < killed_at < 2000
 
@@ -457,12 +458,12 @@ def test_a_point_held_by_a_live_run_is_reported_running_and_runs_once_free(four,
   try:
     assert holder.stdout.readline() == 'locked\n'
     dry = run_sweep(grown, workdir, '--dry_run').stdout.splitlines()
-    assert dry[8].startswith(f'# point 4: learning_rate=0.01,seed=0 (running, held by pid {holder.pid} on ')
+    assert dry[8].startswith(f'# point 4: learning_rate=0.01,seed=0 (running, held by pid {holder.pid} on host ')
     proc = run_sweep(grown, workdir, '--parallel=2')
     assert proc.stdout.startswith('5 points: 4 done, 1 running; running 0 on 2 slot(s)')
-    assert f'learning_rate=0.01,seed=0: running elsewhere (held by pid {holder.pid} on ' in proc.stdout
+    assert f'learning_rate=0.01,seed=0: running elsewhere (held by pid {holder.pid} on host ' in proc.stdout
     row = {r['point']: r for r in read_csv(workdir / 'summary.csv')}['learning_rate=0.01,seed=0']
-    assert row['status'] == 'running' and row['error'].startswith(f'held by pid {holder.pid} on ')
+    assert row['status'] == 'running' and row['error'].startswith(f'held by pid {holder.pid} on host ')
     assert sorted(os.listdir(held)) == ['lock']  # the sweep wrote nothing into the held point
   finally:
     holder.stdin.close()

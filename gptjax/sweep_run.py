@@ -310,7 +310,7 @@ def run_points(sweep: sw.Sweep, workdir: str, slots: Sequence[Slot], *, retry_fa
   counts = {}
   for s in states.values():
     counts[s.kind] = counts.get(s.kind, 0) + 1
-  log(f'{len(sweep.points)} points: ' + ', '.join(f'{n} {k}' for k, n in counts.items())
+  log(f'{len(sweep.points)} point{"s" if len(sweep.points) != 1 else ""}: ' + ', '.join(f'{n} {k}' for k, n in counts.items())
       + f'; running {len(todo)} on {len(slots)} slot(s): ' + ' | '.join(s.describe() for s in slots))
   for p in sweep.points:
     state = states[p.name]

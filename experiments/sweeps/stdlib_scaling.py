@@ -1,4 +1,4 @@
-"""A small scaling-law study on the standard-library corpus: 6 model sizes spanning 1.5 decades of
+"""A small scaling-law study on the standard-library corpus: 11 model sizes spanning 1.5 decades of
 non-embedding parameters N, each trained on 20 tokens per parameter, then L(N) = a * N^-alpha + c
 fitted by least squares to the loss over the whole validation split (gptjax.evaluate).
 
@@ -17,9 +17,12 @@ from gptjax import sweep
 
 TOKENS_PER_PARAM = 20
 BATCH, SEQ = 8, 64
-# (n_layer, n_head, n_embd): N from 447K down to 13K non-embedding parameters, largest first so that
-# the longest run starts first when points run in parallel.
-SHAPES = [(4, 4, 96), (4, 4, 64), (2, 4, 64), (2, 3, 48), (2, 2, 32), (1, 2, 32)]
+# (n_layer, n_head, n_embd): N from 447K down to 13K non-embedding parameters, about 1.4x apart, largest
+# first so that the longest run starts first when points run in parallel. (The study first ran 6
+# sizes about 2x apart; the 5 between them were added later: a point's name depends only on its own
+# overrides, so the rerun trained only those.)
+SHAPES = [(4, 4, 96), (4, 4, 80), (4, 4, 64), (3, 4, 64), (2, 4, 64), (2, 4, 56), (2, 3, 48), (2, 2, 40),
+          (2, 2, 32), (1, 2, 40), (1, 2, 32)]
 PLOT_FIELDS = []  # the fields move together: report() plots loss against N instead
 
 

@@ -581,7 +581,7 @@ def main():
   def run(argv):
     cli.no_extra_arguments(argv)
     f = flags.FLAGS
-    path = config_flags.get_config_filename(f['sweep'])
+    path = config_flags.get_config_filename(f['sweep']) if f['sweep'].present else None
     if not path:
       raise GptjaxError('--sweep is required: a sweep file, e.g. --sweep=experiments/sweeps/NAME.py')
     workdir = f.workdir or os.path.join('runs', os.path.splitext(os.path.basename(path))[0])

@@ -169,6 +169,14 @@ def test_bad_override_refuses_before_any_point_runs(tmp_path):
   assert not os.path.exists(tmp_path / 'runs')  # nothing ran, nothing was written
 
 
+def test_sweep_command_without_a_sweep_file_says_so_in_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'gptjax.sweep', f'--workdir={tmp_path}'], capture_output=True,
+                        text=True, cwd=ROOT, env=ENV, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      'error: --sweep is required: a sweep file, e.g. --sweep=experiments/sweeps/NAME.py']
+
+
 def test_slots_divide_cores_and_gpus():
   slots = sweep_run.plan_slots(2, cores=[0, 1, 2, 3], gpus=[])
   assert [s.cores for s in slots] == [(0, 1), (2, 3)]

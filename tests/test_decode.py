@@ -1,6 +1,7 @@
 """Decoding: the KV cache reproduces the full forward, the scan loop reproduces a naive loop,
 sampling strategies do what they say, rows are independent, and the seed's example generates."""
 
+import dataclasses
 import functools
 
 import jax
@@ -73,11 +74,103 @@ def test_greedy_with_cache_equals_naive_loop_for_64_tokens(params):
 
 def test_ragged_batch_equals_each_prompt_alone(params):
   prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [4, 4, 2]]
-  kwargs = dict(max_new_tokens=12, temperature=0.0)
+  kwargs = dict(max_new_tokens=12, temperature=0.0, bucket_size=4)  # rows cross buckets 8, 16 apart
   batch = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), **kwargs)
   for i, p in enumerate(prompts):
     alone = decode.generate(params, CONFIG, [p], jax.random.PRNGKey(0), **kwargs)
     assert batch.tokens[i].tolist() == alone.tokens[0].tolist()
+
+
+def test_ragged_rows_crossing_bucket_boundaries_equal_the_naive_loop(params):
+  """Buckets of 8, 16, 32, 64, 96 slots: the rows (3, 14 and 7 prompt tokens) reach each boundary at
+  different steps of the same chunks, and every row still equals the full forward run token by token."""
+  prompts = [[3, 1, 4], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0], [1, 4, 1, 4, 2, 1, 3]]
+  out = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), max_new_tokens=70,
+                        temperature=0.0, bucket_size=8)
+  for row, prompt in zip(out.tokens.tolist(), prompts):
+    assert row == naive_greedy(params, prompt, 70)
+
+
+def compiled_programs():
+  return sum(program._cache_size() for program in decode.PROGRAMS)
+
+
+def test_compiled_programs_are_bounded_whatever_max_new_tokens(params):
+  """The documented bound: at most 1 (prefill) + 2 per bucket (grow into it, decode in it) + 1 (slide)
+  programs per call, and a longer request with the same prompt shape reuses the shorter one's."""
+  for program in decode.PROGRAMS:
+    program.clear_cache()
+  buckets = decode.cache_buckets(CONFIG.block_size, 8)
+  assert buckets == (8, 16, 32, 64, 96)
+  bound = 1 + 2 * len(buckets) + 1
+  counts = []
+  for n in (10, 100, 1000):  # 100 and 1000 go past the 96 positions: rows slide 2 and 21 times
+    out = decode.generate(params, CONFIG, [[1, 2, 3], [4, 5]], jax.random.PRNGKey(0), max_new_tokens=n,
+                          temperature=0.0, bucket_size=8)
+    assert out.tokens.shape == (2, n) and out.lengths.tolist() == [n, n]
+    counts.append(compiled_programs())
+  # 10 tokens from 3: the prefill, decode in 8, grow to 16, decode in 16 (4 programs); 100 adds the
+  # buckets up to 96 and sliding (7 more); 1000 only runs those again (slides and chunks in bucket 96).
+  assert counts == [4, 11, 11], counts
+  assert counts[-1] <= bound
+
+
+# ---------------------------------------------------------------------------------------------
+# Generating past the context: each full row keeps its last `keep` tokens and goes on
+
+SLIDE = M.GPTConfig(vocab_size=16, block_size=24, n_layer=2, n_head=2, n_embd=32)
+
+
+def naive_sliding(config, params, prompt, n_new, keep):
+  """The reference: the full forward on the row's window each step; a window that outgrows
+  block_size is cropped to its last `keep` tokens, a prompt longer than it to its last block_size."""
+  seq, start, out = list(prompt), max(0, len(prompt) - config.block_size), []
+  for _ in range(n_new):
+    if len(seq) - start > config.block_size:
+      start = len(seq) - keep
+    window = np.zeros((1, config.block_size), np.int32)
+    window[0, :len(seq) - start] = seq[start:]
+    logits = full_forward(config, params, jnp.asarray(window))  # causal: the padding is never seen
+    seq.append(int(jnp.argmax(logits[0, len(seq) - start - 1])))
+    out.append(seq[-1])
+  return out
+
+
+@pytest.mark.parametrize('pos_encoding, keep', [('learned', None), ('sinusoidal', 7), ('learned', 24),
+                                                ('learned', 1)])
+def test_sliding_past_the_context_equals_the_cropping_loop(pos_encoding, keep):
+  """Rows of 5, 1, 9 and 30 tokens (the last longer than the 24 positions) each slide when they fill,
+  at different steps, and still equal the naive cropping loop token for token; keep 24 slides at
+  every step, keep 1 keeps only the token it feeds."""
+  config = dataclasses.replace(SLIDE, pos_encoding=pos_encoding)
+  params = jax.tree.map(lambda x: x * 8 if x.ndim == 2 else x, M.init_params(config, jax.random.PRNGKey(0)))
+  prompts = [[1, 2, 3, 4, 5], [9], [4, 4, 2, 7, 1, 1, 3, 8, 6], [i % 16 for i in range(30)]]
+  n_new = 60
+  out = decode.generate(params, config, prompts, jax.random.PRNGKey(0), max_new_tokens=n_new,
+                        temperature=0.0, bucket_size=12, keep=keep)
+  keep = config.block_size // 2 if keep is None else keep
+  for i, prompt in enumerate(prompts):
+    want = naive_sliding(config, params, prompt, n_new, keep)
+    assert out.tokens[i].tolist() == want, i
+    assert len(set(want)) > 2  # a varied sequence, so the match means something
+  alone = decode.generate(params, config, [prompts[1]], jax.random.PRNGKey(0), max_new_tokens=n_new,
+                          temperature=0.0, bucket_size=12, keep=keep)
+  assert alone.tokens[0].tolist() == out.tokens[1].tolist()
+
+
+def test_stop_tokens_past_the_context(params):
+  """A stop token first sampled after a row's slide ends that row there; rows end at different steps."""
+  prompts = [[3, 1, 4], [2, 7], [5, 9, 2, 6, 5, 3, 5, 8, 9]]
+  kwargs = dict(max_new_tokens=300, temperature=0.0, bucket_size=32)
+  free = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), **kwargs).tokens.tolist()
+  first_slide = [CONFIG.block_size - len(p) for p in prompts]  # tokens made before a row's first slide
+  stop = next(t for t in range(16) if all(t in row[s:] and t not in row[:s] for row, s in zip(free, first_slide)))
+  out = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), stop_tokens=[stop], pad_id=15, **kwargs)
+  ends = [row.index(stop) for row in free]
+  assert out.lengths.tolist() == ends and out.stopped.all()
+  for row, want, n in zip(out.tokens.tolist(), free, ends):
+    assert row == want[:n] + [15] * (300 - n)
+  assert len(set(ends)) == 3
 
 
 def test_ragged_prefill_logits_equal_each_prompt_alone(params):
@@ -88,17 +181,6 @@ def test_ragged_prefill_logits_equal_each_prompt_alone(params):
   for i, n in enumerate(lengths):
     alone = full_forward(CONFIG, params, jnp.asarray(prompts[i:i + 1, :n]))[0, -1]
     np.testing.assert_allclose(np.asarray(logits[i]), np.asarray(alone), atol=1e-5, rtol=1e-5)
-
-
-def test_generate_compiles_once_per_shape(params):
-  decode._generate.clear_cache()
-  kwargs = dict(max_new_tokens=8, temperature=0.7, top_k=5)
-  decode.generate(params, CONFIG, [[1, 2, 3]], jax.random.PRNGKey(0), **kwargs)
-  assert decode._generate._cache_size() == 1
-  decode.generate(params, CONFIG, [[4, 5, 6]], jax.random.PRNGKey(1), **kwargs)  # new data, same shapes
-  assert decode._generate._cache_size() == 1
-  decode.generate(params, CONFIG, [[4, 5, 6, 7]], jax.random.PRNGKey(1), **kwargs)  # a new shape compiles
-  assert decode._generate._cache_size() == 2
 
 
 def test_sampling_is_reproducible_for_a_seed(params):
@@ -174,7 +256,8 @@ def test_stop_tokens_end_rows_independently(params):
 
 
 @pytest.mark.parametrize('kwargs, words', [
-    (dict(max_new_tokens=95), 'exceeds the 96 positions'),
+    (dict(max_new_tokens=4, bucket_size=0), 'bucket_size=0'),
+    (dict(max_new_tokens=4, keep=97), 'keep=97'),
     (dict(max_new_tokens=0), 'max_new_tokens=0'),
     (dict(max_new_tokens=4, temperature=-1.0), 'temperature'),
     (dict(max_new_tokens=4, top_k=17), 'top_k=17'),
@@ -182,10 +265,11 @@ def test_stop_tokens_end_rows_independently(params):
     (dict(max_new_tokens=4, top_p=1.5), 'top_p=1.5'),
 ])
 def test_bad_generate_arguments_fail_before_compute(params, kwargs, words):
-  decode._generate.clear_cache()
+  for program in decode.PROGRAMS:
+    program.clear_cache()
   with pytest.raises(GptjaxError, match=words):
     decode.generate(params, CONFIG, [[1, 2]], jax.random.PRNGKey(0), **kwargs)
-  assert decode._generate._cache_size() == 0  # nothing was compiled or run
+  assert compiled_programs() == 0  # nothing was compiled or run
 
 
 def test_empty_prompt_is_refused(params):

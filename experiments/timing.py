@@ -16,3 +16,20 @@ def median_seconds(fn, repeats: int) -> float:
     fn()
     times.append(time.perf_counter() - t0)
   return float(np.median(times))
+
+
+def interleaved_medians(fns: dict, repeats: dict | int) -> dict:
+  """{name: median seconds} of each fn(), one untimed warm-up call each, then `repeats` rounds in
+  which every fn runs once in turn, so that a busy machine slows all of them alike. repeats may be
+  a {name: count} dict (a fn leaves the rounds once it has its count)."""
+  counts = repeats if isinstance(repeats, dict) else {name: repeats for name in fns}
+  for fn in fns.values():
+    fn()
+  times = {name: [] for name in fns}
+  for round_ in range(max(counts.values())):
+    for name, fn in fns.items():
+      if round_ < counts[name]:
+        t0 = time.perf_counter()
+        fn()
+        times[name].append(time.perf_counter() - t0)
+  return {name: float(np.median(ts)) for name, ts in times.items()}

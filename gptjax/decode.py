@@ -275,7 +275,8 @@ def cache_buckets(block_size: int, bucket_size: int) -> tuple[int, ...]:
   return tuple(sizes) + (block_size,)
 
 
-def _fitting(buckets: tuple[int, ...], n: int) -> int:
+def bucket_for(buckets: tuple[int, ...], n: int) -> int:
+  """The smallest of the cache lengths `buckets` that holds n slots."""
   return next(b for b in buckets if b >= n)
 
 
@@ -308,7 +309,7 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
   width = min(block, 1 << (prompts.shape[1] - 1).bit_length())
   prompts = np.pad(prompts, ((0, 0), (0, width - prompts.shape[1])))  # token 0 in slots no row reads
   pos = lengths.astype(np.int64)  # each row's next slot, tracked on the host: +1 per step, any token
-  cache_len = _fitting(buckets, min(int(pos.max()) + 1, block))
+  cache_len = bucket_for(buckets, min(int(pos.max()) + 1, block))
   state, context, first = _start(params, prompts, lengths, rng, config=config, cache_len=cache_len,
                                  sampling=sampling, stop_tokens=stop_tokens)
   first = np.asarray(first)  # taken before the state's buffers are donated to the first chunk
@@ -321,7 +322,7 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
       rows[:full.size] = full
       state, context = _slide(params, state, context, rows, np.int32(full.size), config=config, keep=int(keep))
       pos[full] = keep - 1
-    need = _fitting(buckets, int(pos.max()) + 1)
+    need = bucket_for(buckets, int(pos.max()) + 1)
     if need > cache_len:  # never cut: after a slide the rows soon need the top bucket again
       cache_len = need
       state = _grow(state, cache_len=cache_len)

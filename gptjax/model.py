@@ -129,6 +129,8 @@ class CausalSelfAttention(nn.Module):
     q = q.reshape(batch, seq, c.n_head, c.head_dim)
     to_heads = lambda t: (t.reshape(batch, seq, c.kv_heads, c.head_dim).transpose(0, 2, 1, 3)
                           .reshape(batch * c.kv_heads, seq, c.head_dim))
+    if seq == 1:  # one new token per row (a decode step): the same layout, without a transposing copy
+      to_heads = lambda t: t.reshape(batch * c.kv_heads, 1, c.head_dim)
     k, v = to_heads(k), to_heads(v)  # [batch * n_kv_head, seq, head_dim]
     if kv is not None:  # decoding: write the new keys/values, then attend over the whole buffer
       kv = (kvc.write(kv[0], k, pos), kvc.write(kv[1], v, pos))

@@ -74,17 +74,20 @@ def test_greedy_with_cache_equals_naive_loop_for_64_tokens(params):
 
 def test_ragged_batch_equals_each_prompt_alone(params):
   prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [4, 4, 2]]
-  kwargs = dict(max_new_tokens=12, temperature=0.0, bucket_size=4)  # rows cross buckets 8, 16 apart
+  kwargs = dict(max_new_tokens=12, temperature=0.0, bucket_size=8)  # rows cross buckets 8 and 16 apart
   batch = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), **kwargs)
   for i, p in enumerate(prompts):
     alone = decode.generate(params, CONFIG, [p], jax.random.PRNGKey(0), **kwargs)
     assert batch.tokens[i].tolist() == alone.tokens[0].tolist()
 
 
+RAGGED = [[3, 1, 4], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0], [1, 4, 1, 4, 2, 1, 3]]
+
+
 def test_ragged_rows_crossing_bucket_boundaries_equal_the_naive_loop(params):
-  """Buckets of 8, 16, 32, 64, 96 slots: the rows (3, 14 and 7 prompt tokens) reach each boundary at
+  """Buckets of 16, 32, 64, 96 slots: the rows (3, 14 and 7 prompt tokens) reach each boundary at
   different steps of the same chunks, and every row still equals the full forward run token by token."""
-  prompts = [[3, 1, 4], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0], [1, 4, 1, 4, 2, 1, 3]]
+  prompts = RAGGED
   out = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), max_new_tokens=70,
                         temperature=0.0, bucket_size=8)
   for row, prompt in zip(out.tokens.tolist(), prompts):
@@ -104,14 +107,15 @@ def test_compiled_programs_are_bounded_whatever_max_new_tokens(params):
   assert buckets == (8, 16, 32, 64, 96)
   bound = 1 + 2 * len(buckets) + 1
   counts = []
-  for n in (10, 100, 1000):  # 100 and 1000 go past the 96 positions: rows slide 2 and 21 times
-    out = decode.generate(params, CONFIG, [[1, 2, 3], [4, 5]], jax.random.PRNGKey(0), max_new_tokens=n,
-                          temperature=0.0, bucket_size=8)
-    assert out.tokens.shape == (2, n) and out.lengths.tolist() == [n, n]
+  for n in (10, 100, 1000):  # 100 and 1000 go past the 96 positions: rows slide 1 and about 20 times
+    out = decode.generate(params, CONFIG, RAGGED, jax.random.PRNGKey(0), max_new_tokens=n, temperature=0.0,
+                          bucket_size=8)
+    assert out.tokens.shape == (3, n) and out.lengths.tolist() == [n] * 3
     counts.append(compiled_programs())
-  # 10 tokens from 3: the prefill, decode in 8, grow to 16, decode in 16 (4 programs); 100 adds the
-  # buckets up to 96 and sliding (7 more); 1000 only runs those again (slides and chunks in bucket 96).
-  assert counts == [4, 11, 11], counts
+  # 10 tokens after a 14-token prompt reach slot 23: the prefill, decoding in 16, growing to and decoding
+  # in 32 (4 programs); 100 adds growing to and decoding in 64 and 96, and sliding (5 more); 1000 runs
+  # only those again.
+  assert counts == [4, 9, 9], counts
   assert counts[-1] <= bound
 
 
@@ -161,7 +165,7 @@ def test_sliding_past_the_context_equals_the_cropping_loop(pos_encoding, keep):
 def test_stop_tokens_past_the_context(params):
   """A stop token first sampled after a row's slide ends that row there; rows end at different steps."""
   prompts = [[3, 1, 4], [2, 7], [5, 9, 2, 6, 5, 3, 5, 8, 9]]
-  kwargs = dict(max_new_tokens=300, temperature=0.0, bucket_size=32)
+  kwargs = dict(max_new_tokens=300, temperature=0.0, bucket_size=96)  # one bucket: fewer programs
   free = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), **kwargs).tokens.tolist()
   first_slide = [CONFIG.block_size - len(p) for p in prompts]  # tokens made before a row's first slide
   stop = next(t for t in range(16) if all(t in row[s:] and t not in row[:s] for row, s in zip(free, first_slide)))

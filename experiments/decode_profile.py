@@ -1,0 +1,168 @@
+"""Where a decode step's time goes: the per-token step against its pure compute and memory traffic.
+
+For the decoding benchmark's model (nanoGPT-recipe size: 4 layers, 4 heads, 128 wide, vocab 65,
+fp32, greedy) at batch 1 and 16, this compiles the decode chunk `decode.generate` runs for a
+cache bucket and reports, per token:
+  - the measured step time (median of repeats, one compiled while loop of many steps per call);
+  - its FLOPs (dense matmuls + attention over the bucket) and the time they take at this machine's
+    float32 matmul throughput, measured in the same run at the step's own shapes and at 1024^3;
+  - its bytes (weights + the K/V cache slots it reads) and the time they take at the streaming-read
+    bandwidth measured in the same run (XLA reduction over a buffer of the same size);
+  - the thunks XLA:CPU runs per step, and a jax.profiler trace of the step split by what each
+    thunk does (the HLO op names: dense matmuls, attention, cache writes, layer norms, sampling, rest).
+
+  python experiments/decode_profile.py [--repeats=7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import median_seconds  # noqa: E402
+
+from gptjax import decode, model as M  # noqa: E402
+
+VOCAB, N_LAYER, N_HEAD, N_EMBD = 65, 4, 4, 128
+CASES = [(1, 128), (1, 512), (16, 128), (16, 512)]  # (batch, cache bucket); the step runs at its middle
+STEPS = 64
+
+
+def matmul_gflops(m, k, n, repeats, chain=16):
+  a = jax.random.normal(jax.random.PRNGKey(0), (chain, m, k), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (k, n), jnp.float32)
+  run = jax.jit(lambda a, b: sum(jnp.dot(a[i], b) for i in range(chain)))
+  return 2 * m * k * n * chain / median_seconds(lambda: jax.block_until_ready(run(a, b)), repeats) / 1e9
+
+
+def read_gbs(megabytes, repeats, passes=8):
+  x = jnp.ones((int(megabytes * 2**20) // 4,), jnp.float32)
+  run = jax.jit(lambda x: jax.lax.fori_loop(0, passes, lambda i, c: c + jnp.sum(x * c), 1.0))
+  return megabytes * 2**20 * passes / median_seconds(lambda: jax.block_until_ready(run(x)), repeats) / 1e9
+
+
+def step_cost(config, batch, cache_len):
+  """(FLOPs, bytes) of one decode step at the bucket's middle position, batch rows."""
+  c, filled = config, cache_len // 2
+  dense = c.n_layer * (c.n_embd * 3 * c.n_embd + c.n_embd * c.n_embd + 2 * c.n_embd * 4 * c.n_embd)
+  dense += c.n_embd * c.vocab_size  # the (tied) output head
+  attention = c.n_layer * 2 * c.n_embd * cache_len  # Q K^T and P V over every slot of the bucket
+  flops = 2 * batch * (dense + attention)
+  cache_bytes = c.n_layer * 2 * batch * c.n_embd * cache_len * 4
+  del filled
+  return flops, dense * 4 + cache_bytes
+
+
+PARTS = [('dense matmuls', r'c_attn/dot|c_proj/dot|c_fc/dot|wte.attend|lm_head'),
+         ('attention over the cache', r'/attn/(?!c_attn|c_proj|scatter)'),
+         ('cache writes', r'scatter|dynamic_update_slice|dynamic-update-slice'),
+         ('layer norms', r'ln_\d|ln_f'),
+         ('sampling', r'sample_logits|argmax|top_k|categorical|threefry|/reduce$|random'),
+         ('embedding, residual adds, loop', r'.')]
+
+
+def part_of(op_name):
+  return next(name for name, pattern in PARTS if re.search(pattern, op_name))
+
+
+def profile(compiled, args, steps):
+  """Seconds per step by part, from a jax.profiler trace of one call."""
+  hlo = compiled.as_text()
+  op_names, users = {}, collections.defaultdict(list)
+  for line in hlo.split('\n'):
+    m = re.match(r'\s*(?:ROOT )?%([\w.\-]+) = .*?\((.*?)\)(?:, |$)', line)
+    if not m:
+      continue
+    name = m.group(1)
+    found = re.search(r'op_name="([^"]*)"', line)
+    if found:
+      op_names[name] = found.group(1)
+    elif re.search(r' dot\(', line):  # XLA drops the names of dots; a batched one is attention's
+      op_names[name] = '/attn/scores' if 'lhs_batch_dims' in line else 'c_attn/dot'
+    for operand in re.findall(r'%([\w.\-]+)', m.group(2)):
+      users[operand].append(name)
+
+  def op_name(thunk, depth=0):  # thunks XLA made itself (e.g. split reductions) take their user's name
+    if thunk in op_names or depth > 3:
+      return op_names.get(thunk, '')
+    return next((n for u in users.get(thunk, []) if (n := op_name(u, depth + 1))), '')
+
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.block_until_ready(compiled(*args()))
+    fresh = args()
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      jax.block_until_ready(compiled(*fresh))
+    events = json.load(gzip.open(glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)[0]))['traceEvents']
+  seconds = collections.Counter()
+  for e in events:
+    name = e.get('name', '')
+    if e.get('ph') != 'X' or name.startswith(('$', 'Thunk', 'while', 'end: ', 'Pjit', 'Common')):
+      continue
+    if name in op_names or name in users:
+      seconds[part_of(op_name(name))] += e['dur'] * 1e-6 / steps
+  return seconds
+
+
+def thunks_per_step(hlo):
+  blocks = {}
+  for block in hlo.split('\n\n'):
+    lines = block.strip().split('\n')
+    if lines and '{' in lines[0]:
+      blocks['ENTRY' if lines[0].startswith('ENTRY') else lines[0].split(' ')[0].lstrip('%')] = lines[1:]
+  body = next(re.search(r'body=%([\w.\-]+)', l).group(1) for l in blocks['ENTRY'] if ' while(' in l)
+  skip = ('bitcast', 'constant', 'get-tuple-element', 'tuple', 'parameter')
+  ops = [re.match(r'\s*(?:ROOT )?%[\w.\-]+ = .*? ([a-z\-]+)\(', l) for l in blocks[body]]
+  return sum(1 for m in ops if m and m.group(1) not in skip)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--repeats', type=int, default=7)
+  args = parser.parse_args()
+  config = M.GPTConfig(vocab_size=VOCAB, block_size=1024, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD,
+                       bias=False, tie_embeddings=True)
+  params = M.init_params(config, jax.random.PRNGKey(0))
+  sampling = decode.Sampling(temperature=0.0)
+  peak = matmul_gflops(1024, 1024, 1024, args.repeats)
+  print(f'jax {jax.__version__}; float32 matmul 1024^3: {peak:.0f} GFLOP/s')
+  print('| batch | cache bucket | step us | GFLOP/s at the step shapes | MFLOP | compute-bound us | MB read '
+        '| read GB/s | memory-bound us | thunks | profile: ' + ', '.join(f'{p} us' for p, _ in PARTS) + ' |')
+  print('|---' * (10 + len(PARTS)) + '|')
+  for batch, cache_len in CASES:
+    pos = cache_len // 2
+
+    def fresh():
+      prompts = np.zeros((batch, pos), np.int32)
+      state, context, _ = decode._start(params, prompts, np.full((batch,), pos, np.int32), jax.random.PRNGKey(0),
+                                        config=config, cache_len=cache_len, sampling=sampling, stop_tokens=())
+      return params, state, context, np.int32(STEPS)
+
+    compiled = decode._decode_chunk.lower(*fresh(), config=config, sampling=sampling, stop_tokens=()).compile()
+    step = median_seconds(lambda: jax.block_until_ready(compiled(*fresh())), args.repeats) / STEPS
+    start_only = median_seconds(lambda: jax.block_until_ready(fresh()), args.repeats) / STEPS
+    step -= start_only  # each call prefills a fresh state (the chunk consumes its input)
+    flops, nbytes = step_cost(config, batch, cache_len)
+    shapes = [(batch, N_EMBD, 3 * N_EMBD), (batch, N_EMBD, 4 * N_EMBD), (batch, 4 * N_EMBD, N_EMBD)]
+    gflops = np.mean([matmul_gflops(*s, args.repeats) for s in shapes])
+    gbs = read_gbs(nbytes / 2**20, args.repeats)
+    parts = profile(compiled, fresh, STEPS)
+    cells = ' | '.join(f'{parts.get(p, 0) * 1e6:.1f}' for p, _ in PARTS)
+    print(f'| {batch} | {cache_len} | {step * 1e6:.1f} | {gflops:.0f} | {flops / 1e6:.2f} | {flops / gflops / 1e3:.1f} '
+          f'| {nbytes / 1e6:.2f} | {gbs:.0f} | {nbytes / gbs / 1e3:.1f} | {thunks_per_step(compiled.as_text())} '
+          f'| {cells} |', flush=True)
+
+
+if __name__ == '__main__':
+  main()

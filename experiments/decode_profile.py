@@ -149,7 +149,7 @@ def main():
                                         config=config, cache_len=cache_len, sampling=sampling, stop_tokens=())
       return params, state, context, np.int32(STEPS)
 
-    compiled = decode._decode_chunk.lower(*fresh(), config=config, sampling=sampling, stop_tokens=()).compile()
+    compiled = decode._chunk_program().lower(*fresh(), config=config, sampling=sampling, stop_tokens=()).compile()
     step = median_seconds(lambda: jax.block_until_ready(compiled(*fresh())), args.repeats) / STEPS
     start_only = median_seconds(lambda: jax.block_until_ready(fresh()), args.repeats) / STEPS
     step -= start_only  # each call prefills a fresh state (the chunk consumes its input)

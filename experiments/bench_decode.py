@@ -84,13 +84,14 @@ def latency_curves(params, config, batch, repeats):
   buckets = decode.cache_buckets(config.block_size, 64)
   steps = jax.jit(lambda p, s: decode.decode_loop(p, config, s, STEPS, sampling=sampling)[1])
   full = jax.jit(lambda p, t: M.GPT(config).apply({'params': p}, t)[:, -1].argmax(-1))
-  start = jax.jit(lambda p, t, l, r, max_len: decode.start(p, config, t, l, r, max_len=max_len, sampling=sampling,
-                                                             stop_tokens=())[0], static_argnames='max_len')
+  start = jax.jit(lambda p, t, l, r, max_len: decode.start(
+      p, config, t, l, r, max_len=max_len, sampling=sampling, stop_tokens=())[0], static_argnames='max_len')
   curves = {'before': [], 'after': [], 'recompute': []}
   for pos in POSITIONS:
     tokens, lengths = jnp.zeros((batch, pos), jnp.int32), jnp.full((batch,), pos, jnp.int32)
-    states = {name: start(params, tokens, lengths, jax.random.PRNGKey(0), max_len=max_len)
-              for name, max_len in (('before', config.block_size), ('after', decode.bucket_for(buckets, pos + 1)))}
+    sizes = {'before': config.block_size, 'after': decode.bucket_for(buckets, pos + 1)}
+    states = {name: start(params, tokens, lengths, jax.random.PRNGKey(0), max_len=size)
+              for name, size in sizes.items()}
     fns = {name: (lambda s=s: jax.block_until_ready(steps(params, s))) for name, s in states.items()}
     fns['recompute'] = lambda: jax.block_until_ready(full(params, tokens))
     seconds = interleaved_medians(fns, repeats)
@@ -121,7 +122,8 @@ def main():
   for batch in (1, 16):
     contenders = {
         'gptjax, KV cache in buckets (prefix-bounded)': gptjax_generate(params, config, batch),
-        'gptjax, KV cache, whole 512-slot buffer (before)': gptjax_generate(params, config, batch, bucket_size=512),
+        'gptjax, KV cache, whole 512-slot buffer (before)':
+            gptjax_generate(params, config, batch, bucket_size=512),
         'gptjax, context 64, sliding past it': gptjax_generate(short_params, short, batch),
         'HF transformers generate, KV cache': hf_generate(hf, batch, True),
         'HF transformers generate, no cache': hf_generate(hf, batch, False),

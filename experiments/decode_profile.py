@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,9 @@ from timing import median_seconds  # noqa: E402
 from gptjax import decode, model as M  # noqa: E402
 
 VOCAB, N_LAYER, N_HEAD, N_EMBD = 65, 4, 4, 128
-CASES = [(1, 128), (1, 512), (16, 128), (16, 512)]  # (batch, cache bucket); the step runs at its middle
+GREEDY, SAMPLED = decode.Sampling(temperature=0.0), decode.Sampling(temperature=0.8, top_k=20)
+# (batch, cache slots, sampling); the steps run from the middle of the cache.
+CASES = [(1, 128, GREEDY), (1, 512, GREEDY), (1, 128, SAMPLED), (16, 128, GREEDY), (16, 512, GREEDY)]
 STEPS = 64
 
 
@@ -54,14 +57,13 @@ def read_gbs(megabytes, repeats, passes=8):
 
 
 def step_cost(config, batch, cache_len):
-  """(FLOPs, bytes) of one decode step at the bucket's middle position, batch rows."""
-  c, filled = config, cache_len // 2
+  """(FLOPs, bytes) of one decode step of `batch` rows attending over cache_len slots."""
+  c = config
   dense = c.n_layer * (c.n_embd * 3 * c.n_embd + c.n_embd * c.n_embd + 2 * c.n_embd * 4 * c.n_embd)
   dense += c.n_embd * c.vocab_size  # the (tied) output head
   attention = c.n_layer * 2 * c.n_embd * cache_len  # Q K^T and P V over every slot of the bucket
   flops = 2 * batch * (dense + attention)
   cache_bytes = c.n_layer * 2 * batch * c.n_embd * cache_len * 4
-  del filled
   return flops, dense * 4 + cache_bytes
 
 
@@ -104,7 +106,8 @@ def profile(compiled, args, steps):
     fresh = args()
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       jax.block_until_ready(compiled(*fresh))
-    events = json.load(gzip.open(glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)[0]))['traceEvents']
+    trace = glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)[0]
+    events = json.load(gzip.open(trace))['traceEvents']
   seconds = collections.Counter()
   for e in events:
     name = e.get('name', '')
@@ -113,6 +116,17 @@ def profile(compiled, args, steps):
     if name in op_names or name in users:
       seconds[part_of(op_name(name))] += e['dur'] * 1e-6 / steps
   return seconds
+
+
+def time_chunk(compiled, fresh, repeats):
+  """Median seconds of one call on fresh inputs (the chunk consumes its state), warm-up first."""
+  times = []
+  for _ in range(repeats + 1):
+    inputs = jax.block_until_ready(fresh())
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*inputs))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times[1:]))
 
 
 def thunks_per_step(hlo):
@@ -134,34 +148,45 @@ def main():
   config = M.GPTConfig(vocab_size=VOCAB, block_size=1024, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD,
                        bias=False, tie_embeddings=True)
   params = M.init_params(config, jax.random.PRNGKey(0))
-  sampling = decode.Sampling(temperature=0.0)
   peak = matmul_gflops(1024, 1024, 1024, args.repeats)
-  print(f'jax {jax.__version__}; float32 matmul 1024^3: {peak:.0f} GFLOP/s')
-  print('| batch | cache bucket | step us | GFLOP/s at the step shapes | MFLOP | compute-bound us | MB read '
-        '| read GB/s | memory-bound us | thunks | profile: ' + ', '.join(f'{p} us' for p, _ in PARTS) + ' |')
-  print('|---' * (10 + len(PARTS)) + '|')
-  for batch, cache_len in CASES:
+  print(f'jax {jax.__version__}; float32 matmul 1024^3: {peak:.0f} GFLOP/s; decode steps: median of '
+        f'{args.repeats} calls of {STEPS} steps')
+  costs, profiles = [], []
+  for batch, cache_len, sampling in CASES:
     pos = cache_len // 2
 
     def fresh():
       prompts = np.zeros((batch, pos), np.int32)
-      state, context, _ = decode._start(params, prompts, np.full((batch,), pos, np.int32), jax.random.PRNGKey(0),
-                                        config=config, cache_len=cache_len, sampling=sampling, stop_tokens=())
+      lengths = np.full((batch,), pos, np.int32)
+      state, context, _ = decode._start(params, prompts, lengths, jax.random.PRNGKey(0), config=config,
+                                        cache_len=cache_len, sampling=sampling, stop_tokens=())
       return params, state, context, np.int32(STEPS)
 
-    compiled = decode._chunk_program().lower(*fresh(), config=config, sampling=sampling, stop_tokens=()).compile()
-    step = median_seconds(lambda: jax.block_until_ready(compiled(*fresh())), args.repeats) / STEPS
-    start_only = median_seconds(lambda: jax.block_until_ready(fresh()), args.repeats) / STEPS
-    step -= start_only  # each call prefills a fresh state (the chunk consumes its input)
+    lowered = decode._chunk_program().lower(*fresh(), config=config, sampling=sampling, stop_tokens=())
+    compiled = lowered.compile()
+    step = time_chunk(compiled, fresh, args.repeats) / STEPS
     flops, nbytes = step_cost(config, batch, cache_len)
     shapes = [(batch, N_EMBD, 3 * N_EMBD), (batch, N_EMBD, 4 * N_EMBD), (batch, 4 * N_EMBD, N_EMBD)]
     gflops = np.mean([matmul_gflops(*s, args.repeats) for s in shapes])
     gbs = read_gbs(nbytes / 2**20, args.repeats)
     parts = profile(compiled, fresh, STEPS)
-    cells = ' | '.join(f'{parts.get(p, 0) * 1e6:.1f}' for p, _ in PARTS)
-    print(f'| {batch} | {cache_len} | {step * 1e6:.1f} | {gflops:.0f} | {flops / 1e6:.2f} | {flops / gflops / 1e3:.1f} '
-          f'| {nbytes / 1e6:.2f} | {gbs:.0f} | {nbytes / gbs / 1e3:.1f} | {thunks_per_step(compiled.as_text())} '
-          f'| {cells} |', flush=True)
+    how = 'greedy' if sampling.temperature == 0 else f'T={sampling.temperature} top_k={sampling.top_k}'
+    name = f'| {batch} | {cache_len} | {how} | {step * 1e6:.1f} '
+    costs.append(name + f'| {flops / 1e6:.2f} | {gflops:.0f} | {flops / gflops / 1e3:.1f} | {nbytes / 1e6:.2f} '
+                 f'| {gbs:.0f} | {nbytes / gbs / 1e3:.1f} | {thunks_per_step(compiled.as_text())} |')
+    profiles.append(name + '| ' + ' | '.join(f'{parts.get(p, 0) * 1e6:.1f}' for p, _ in PARTS)
+                    + f' | {sum(parts.values()) * 1e6:.1f} |')
+    print(costs[-1], flush=True)
+
+  print('\nthe step against its arithmetic and its memory traffic (us per token-step):')
+  print('| batch | cache slots | sampling | step us | MFLOP | GFLOP/s at the step shapes | compute-bound us '
+        '| MB read | read GB/s | memory-bound us | thunks |')
+  print('|---' * 11 + '|')
+  print('\n'.join(costs))
+  print('\nwhere it goes (jax.profiler; us per step by what the thunks do):')
+  print('| batch | cache slots | sampling | step us | ' + ' | '.join(p for p, _ in PARTS) + ' | sum of thunks |')
+  print('|---' * (5 + len(PARTS)) + '|')
+  print('\n'.join(profiles))
 
 
 if __name__ == '__main__':

@@ -277,7 +277,7 @@ def _slide(params, state: DecodeState, context, rows, count, *, config: GPTConfi
   return state.replace(cache=cache), context
 
 
-PROGRAMS = (_start, _grow, _decode_chunk, _decode_chunk_cpu, _slide)  # generate()'s compiled pieces (tests count them)
+PROGRAMS = (_start, _grow, _decode_chunk, _decode_chunk_cpu, _slide)  # generate()'s compiled pieces
 
 
 def cache_buckets(block_size: int, bucket_size: int) -> tuple[int, ...]:

@@ -50,7 +50,7 @@ def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int | None
   """num_samples continuations of prompt (the prompt itself not included), cut at `stop` if given.
 
   max_new_tokens=None generates up to the end of the model's context (block_size positions); more
-  than that is fine: past the context each sample slides on over its last block_size // 2 tokens.
+  is fine: a sample that fills the context keeps its last block_size // 2 tokens and goes on.
   """
   if not prompt:
     raise GptjaxError('the prompt is empty; give at least one character with --prompt')
@@ -88,7 +88,7 @@ def main():
   flags.DEFINE_string('prompt', '\n', 'Text to continue.')
   flags.DEFINE_integer('max_new_tokens', None,
                        "Tokens to generate per sample (default: up to the end of the model's context; "
-                       'past it, each sample slides on over its last block_size // 2 tokens).')
+                       'past it, a sample keeps its last block_size // 2 tokens and goes on).')
   flags.DEFINE_float('temperature', 0.8, 'Softmax temperature; 0 = greedy.')
   flags.DEFINE_integer('top_k', 0, 'Keep the k most likely tokens (0 = all).')
   flags.DEFINE_float('top_p', 1.0, 'Keep the smallest set of tokens whose probability reaches p.')

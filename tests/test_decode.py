@@ -168,7 +168,8 @@ def test_stop_tokens_past_the_context(params):
   kwargs = dict(max_new_tokens=300, temperature=0.0, bucket_size=96)  # one bucket: fewer programs
   free = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), **kwargs).tokens.tolist()
   first_slide = [CONFIG.block_size - len(p) for p in prompts]  # tokens made before a row's first slide
-  stop = next(t for t in range(16) if all(t in row[s:] and t not in row[:s] for row, s in zip(free, first_slide)))
+  after_slide = lambda t, row, s: t in row[s:] and t not in row[:s]
+  stop = next(t for t in range(16) if all(after_slide(t, row, s) for row, s in zip(free, first_slide)))
   out = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), stop_tokens=[stop], pad_id=15, **kwargs)
   ends = [row.index(stop) for row in free]
   assert out.lengths.tolist() == ends and out.stopped.all()

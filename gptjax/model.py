@@ -38,6 +38,7 @@ class GPTConfig:
   n_embd: int = 768
   dropout: float = 0.0
   bias: bool = True  # biases in Dense layers and LayerNorms, and b_O in the output head
+  head_bias: bool = True  # b_O in the output head (only where `bias` is on); GPT-2 has none
   tie_embeddings: bool = False  # W_O = E^T (the token embedding read backwards)
   pos_encoding: str = 'learned'  # 'learned' (a table P) or 'sinusoidal' (fixed, Vaswani et al.)
   causal: bool = True  # False gives bidirectional attention (for a masked-LM objective)
@@ -129,8 +130,6 @@ class CausalSelfAttention(nn.Module):
     q = q.reshape(batch, seq, c.n_head, c.head_dim)
     to_heads = lambda t: (t.reshape(batch, seq, c.kv_heads, c.head_dim).transpose(0, 2, 1, 3)
                           .reshape(batch * c.kv_heads, seq, c.head_dim))
-    if seq == 1:  # one new token per row (a decode step): the same layout, without a transposing copy
-      to_heads = lambda t: t.reshape(batch * c.kv_heads, 1, c.head_dim)
     k, v = to_heads(k), to_heads(v)  # [batch * n_kv_head, seq, head_dim]
     if kv is not None:  # decoding: write the new keys/values, then attend over the whole buffer
       kv = (kvc.write(kv[0], k, pos), kvc.write(kv[1], v, pos))
@@ -185,11 +184,11 @@ class GPT(nn.Module):
     self.h = [Block(c, name=f'h_{i}') for i in range(c.n_layer)]
     self.ln_f = nn.LayerNorm(epsilon=1e-5, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype)
     if c.tie_embeddings:
-      if c.bias:
+      if c.bias and c.head_bias:
         self.b_O = self.param('lm_head_bias', nn.initializers.zeros, (c.vocab_size,), c.param_dtype)
     else:
-      self.lm_head = nn.Dense(c.vocab_size, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
-                              kernel_init=nn.initializers.normal(0.02))  # W_O, b_O
+      self.lm_head = nn.Dense(c.vocab_size, use_bias=c.bias and c.head_bias, dtype=c.dtype,
+                              param_dtype=c.param_dtype, kernel_init=nn.initializers.normal(0.02))  # W_O, b_O
 
   def embed(self, tokens, positions):
     """X = E[tokens] + P[positions]: tokens, positions [batch, seq] -> [batch, seq, n_embd]."""
@@ -233,7 +232,7 @@ class GPT(nn.Module):
 
     if c.tie_embeddings:
       logits = self.wte.attend(x)  # h E^T
-      if c.bias:
+      if c.bias and c.head_bias:
         logits = logits + self.b_O
     else:
       logits = self.lm_head(x)  # h W_O + b_O

@@ -36,7 +36,7 @@ from gptjax import checkpoint as ckpt_lib
 from gptjax import config as config_lib
 from gptjax import data as data_lib
 from gptjax import metrics as metrics_lib
-from gptjax import objectives, parallel
+from gptjax import objectives, parallel, pretrained
 from gptjax.errors import GptjaxError
 from gptjax.model import GPT, GPTConfig, count_params
 
@@ -146,17 +146,18 @@ def load_data(config: ml_collections.ConfigDict, workdir: str):
     raise GptjaxError(f'data file {d.path} is empty; give a text file with some content')
   digest = hashlib.sha256(raw).hexdigest()
   data_dir = os.path.join(workdir, 'data')
-  meta = data_lib.find_prepared(data_dir, digest, d.tokenizer, d.val_fraction)
+  spec = data_lib.tokenizer_spec(d.tokenizer, bpe_vocab_size=d.bpe_vocab_size, tokenizer_path=d.tokenizer_path)
+  meta = data_lib.find_prepared(data_dir, digest, spec, d.val_fraction)
   if meta is not None:
     tokenizer = data_lib.tokenizer_from_dict(meta['tokenizer'])
     splits = {s: data_lib.load_split(data_dir, s) for s in ('train', 'val')}
     write = lambda: None
   else:
-    tokenizer, ids = data_lib.encode_corpus(raw, d.tokenizer, source)
+    tokenizer, ids = data_lib.encode_corpus(raw, spec, source, train_fraction=1 - d.val_fraction)
     n_val = int(round(len(ids) * d.val_fraction))
     splits = {'train': ids[:len(ids) - n_val], 'val': ids[len(ids) - n_val:]}
     write = lambda: data_lib.write_prepared(data_dir, tokenizer, ids, val_fraction=d.val_fraction,
-                                            source=source, digest=digest)
+                                            source=source, digest=digest, spec=spec)
   need = config.train.seq_len + 1
   for name, split in splits.items():
     if len(split) < need:
@@ -255,7 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
   tc = config.train
 
   tokenizer, train_ids, val_ids, write_data = load_data(config, workdir)
-  model_config = config_lib.model_config(config, tokenizer.vocab_size)
+  model_config = (pretrained.model_config(tc.init_from, config, tokenizer) if tc.init_from
+                  else config_lib.model_config(config, tokenizer.vocab_size))
   checkpointer_dir = os.path.join(workdir, 'checkpoints')
   check_resumable(workdir, model_config, tokenizer)
 
@@ -282,6 +284,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
           hint = '; no older checkpoint exists: pass a new --workdir to start fresh'
         raise GptjaxError(str(e) + hint) from None
       newer = [s for s in steps if s > start]
+  if start is None and tc.init_from:  # parameters only: the optimizer and the step start fresh
+    params = pretrained.load_params(tc.init_from, model_config)
+    state = state.replace(params=params, opt_state=tx.init(params))
   # Everything is checked: from here on the run writes to its workdir.
   os.makedirs(workdir, exist_ok=True)
   write_data()
@@ -298,7 +303,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
   n_params = count_params(state.params)
   log(f'{n_params / 1e6:.2f}M parameters, vocab {model_config.vocab_size} ({tokenizer.kind}), '
       f'{len(train_ids):,} train / {len(val_ids):,} val tokens, {n_dev} device(s) x {n_proc} host(s); '
-      + (f'resuming from step {step}' if start is not None else 'starting from scratch'))
+      + (f'resuming from step {step}' if start is not None else
+         f'starting from the parameters of {tc.init_from}' if tc.init_from else 'starting from scratch'))
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if proc == 0 else None
 
   step_fn = functools.partial(train_steps, model=model, tx=tx, skip_nonfinite=tc.nan_policy == 'skip')

@@ -104,11 +104,14 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--slow_repeats', type=int, default=3, help='for the runs without a cache')
+  parser.add_argument('--skip_uncached', action='store_true',
+                      help='leave out the contenders without a KV cache (minutes each at batch 16)')
   parser.add_argument('--plot', default=os.path.join(HERE, 'decode_latency.png'))
   args = parser.parse_args()
   from transformers import GPT2Config, GPT2LMHeadModel
 
-  print(f'{cpu_name()}; jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)')
+  print(f'{cpu_name()}; jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); '
+        f'load average {os.getloadavg()[0]:.1f} at the start')
   config = M.GPTConfig(vocab_size=VOCAB, block_size=1024 + STEPS + 1, n_layer=N_LAYER, n_head=N_HEAD,
                        n_embd=N_EMBD, bias=False, tie_embeddings=True)
   params = M.init_params(config, jax.random.PRNGKey(0))
@@ -130,8 +133,10 @@ def main():
         'nanoGPT generate, context 64': nanogpt_generate(nano[64], batch, 64),
         'nanoGPT generate, context 1024': nanogpt_generate(nano[1024], batch, 1024),
     }
-    repeats = {name: args.slow_repeats if 'no cache' in name or 'nanoGPT' in name else args.repeats
-               for name in contenders}
+    uncached = lambda name: 'no cache' in name or 'nanoGPT' in name
+    if args.skip_uncached:
+      contenders = {name: fn for name, fn in contenders.items() if not uncached(name)}
+    repeats = {name: args.slow_repeats if uncached(name) else args.repeats for name in contenders}
     seconds = interleaved_medians(contenders, repeats)
     hf_cached = batch * NEW / seconds['HF transformers generate, KV cache']
     for name, s in seconds.items():
@@ -139,7 +144,7 @@ def main():
       print(f'batch {batch}: {name}: {batch * NEW / s:,.0f} tokens/s', flush=True)
 
   print(f'\n{NEW} new tokens, greedy, fp32; medians of {args.repeats} (cached) / {args.slow_repeats} '
-        '(uncached) interleaved runs')
+        f'(uncached) interleaved runs; load average {os.getloadavg()[0]:.1f}')
   print('| batch | contender | tokens/s | vs HF cached |')
   print('|---|---|---|---|')
   for batch, name, tps, ratio in rows:

@@ -86,18 +86,17 @@ def latency_curves(params, config, batch, repeats):
   full = jax.jit(lambda p, t: M.GPT(config).apply({'params': p}, t)[:, -1].argmax(-1))
   start = jax.jit(lambda p, t, l, r, max_len: decode.start(
       p, config, t, l, r, max_len=max_len, sampling=sampling, stop_tokens=())[0], static_argnames='max_len')
-  curves = {'before': [], 'after': [], 'recompute': []}
+  fns = {}  # every (way, position) takes its turn in each round
   for pos in POSITIONS:
     tokens, lengths = jnp.zeros((batch, pos), jnp.int32), jnp.full((batch,), pos, jnp.int32)
     sizes = {'before': config.block_size, 'after': decode.bucket_for(buckets, pos + 1)}
-    states = {name: start(params, tokens, lengths, jax.random.PRNGKey(0), max_len=size)
-              for name, size in sizes.items()}
-    fns = {name: (lambda s=s: jax.block_until_ready(steps(params, s))) for name, s in states.items()}
-    fns['recompute'] = lambda: jax.block_until_ready(full(params, tokens))
-    seconds = interleaved_medians(fns, repeats)
-    for name in curves:
-      curves[name].append(seconds[name] / (STEPS if name != 'recompute' else 1))
-  return curves
+    for name, size in sizes.items():
+      state = start(params, tokens, lengths, jax.random.PRNGKey(0), max_len=size)
+      fns[name, pos] = lambda s=state: jax.block_until_ready(steps(params, s))
+    fns['recompute', pos] = lambda t=tokens: jax.block_until_ready(full(params, t))
+  seconds = interleaved_medians(fns, repeats)
+  return {name: [seconds[name, p] / (1 if name == 'recompute' else STEPS) for p in POSITIONS]
+          for name in ('before', 'after', 'recompute')}
 
 
 def main():

@@ -15,7 +15,12 @@ generation attending over the whole preallocated buffer (before) or over the buc
 uses at that position (after), and full recomputation; plotted to experiments/decode_latency.png.
 
   pip install -e '.[bench]'
-  python experiments/bench_decode.py --repeats=5 --slow_repeats=3
+  python experiments/bench_decode.py --repeats=5 --slow_repeats=3   # wall clock: the README's tables
+  python experiments/bench_decode.py --repeats=5 --skip_uncached --cpu_time   # on a machine others share
+
+On a machine shared with other jobs, wall times measure the queue more than the code (PyTorch's two
+threads wait on each other and its generate slowed 100x here); --cpu_time counts the CPU seconds
+each call uses instead, with PyTorch on one thread as gptjax's decode loop is.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +40,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nanogpt_peer  # noqa: E402
-from timing import interleaved_medians  # noqa: E402
+from timing import cpu_seconds, interleaved_medians  # noqa: E402
 
 from gptjax import decode, model as M  # noqa: E402
 
@@ -75,7 +81,7 @@ def nanogpt_generate(model, batch, block_size):
   return lambda: nanogpt_peer.generate(model, x, NEW, block_size)
 
 
-def latency_curves(params, config, batch, repeats):
+def latency_curves(params, config, batch, repeats, clock):
   """Seconds per generated token at each position (STEPS decode steps from there), three ways:
   before: attending over the whole buffer a 1024-token generation preallocated (1089 slots);
   after: over the cache bucket decode.generate uses at that position; recompute: one forward over
@@ -94,7 +100,7 @@ def latency_curves(params, config, batch, repeats):
       state = start(params, tokens, lengths, jax.random.PRNGKey(0), max_len=size)
       fns[name, pos] = lambda s=state: jax.block_until_ready(steps(params, s))
     fns['recompute', pos] = lambda t=tokens: jax.block_until_ready(full(params, t))
-  seconds = interleaved_medians(fns, repeats)
+  seconds = interleaved_medians(fns, repeats, clock)
   return {name: [seconds[name, p] / (1 if name == 'recompute' else STEPS) for p in POSITIONS]
           for name in ('before', 'after', 'recompute')}
 
@@ -105,9 +111,16 @@ def main():
   parser.add_argument('--slow_repeats', type=int, default=3, help='for the runs without a cache')
   parser.add_argument('--skip_uncached', action='store_true',
                       help='leave out the contenders without a KV cache (minutes each at batch 16)')
+  parser.add_argument('--cpu_time', action='store_true',
+                      help='count CPU seconds instead of wall seconds, with PyTorch on one thread (gptjax '
+                           "decodes on one): a work measure that a busy machine's waiting does not distort")
   parser.add_argument('--plot', default=os.path.join(HERE, 'decode_latency.png'))
   args = parser.parse_args()
   from transformers import GPT2Config, GPT2LMHeadModel
+
+  clock, per = (cpu_seconds, 'tokens per CPU-second') if args.cpu_time else (time.perf_counter, 'tokens/s')
+  if args.cpu_time:
+    torch.set_num_threads(1)
 
   print(f'{cpu_name()}; jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); '
         f'load average {os.getloadavg()[0]:.1f} at the start')
@@ -136,21 +149,22 @@ def main():
     if args.skip_uncached:
       contenders = {name: fn for name, fn in contenders.items() if not uncached(name)}
     repeats = {name: args.slow_repeats if uncached(name) else args.repeats for name in contenders}
-    seconds = interleaved_medians(contenders, repeats)
+    seconds = interleaved_medians(contenders, repeats, clock)
     hf_cached = batch * NEW / seconds['HF transformers generate, KV cache']
     for name, s in seconds.items():
       rows.append((batch, name, batch * NEW / s, batch * NEW / s / hf_cached))
-      print(f'batch {batch}: {name}: {batch * NEW / s:,.0f} tokens/s', flush=True)
+      print(f'batch {batch}: {name}: {batch * NEW / s:,.0f} {per}', flush=True)
 
   print(f'\n{NEW} new tokens, greedy, fp32; medians of {args.repeats} (cached) / {args.slow_repeats} '
         f'(uncached) interleaved runs; load average {os.getloadavg()[0]:.1f}')
-  print('| batch | contender | tokens/s | vs HF cached |')
+  print(f'| batch | contender | {per} | vs HF cached |')
   print('|---|---|---|---|')
   for batch, name, tps, ratio in rows:
     print(f'| {batch} | {name} | {tps:,.0f} | {ratio:.1f}x |')
 
-  curves = {batch: latency_curves(params, config, batch, args.repeats) for batch in (1, 16)}
-  print(f'\nper-token latency (us/token; decode steps: median of {args.repeats} calls of {STEPS} steps):')
+  curves = {batch: latency_curves(params, config, batch, args.repeats, clock) for batch in (1, 16)}
+  what = 'CPU us' if args.cpu_time else 'us'
+  print(f'\nper-token latency ({what}/token; decode steps: median of {args.repeats} calls of {STEPS} steps):')
   print('| position | batch 1, whole buffer (before) | batch 1, bucket (after) | batch 1, full recomputation '
         '| batch 16, whole buffer (before) | batch 16, bucket (after) | batch 16, full recomputation |')
   print('|---|---|---|---|---|---|---|')
@@ -175,7 +189,7 @@ def main():
     ax.set_yscale('log')
     ax.set_xticks(POSITIONS, [str(p) for p in POSITIONS])
     ax.set_xlabel('position of the generated token')
-    ax.set_ylabel('latency per step (µs)')
+    ax.set_ylabel(f'{"CPU time" if args.cpu_time else "latency"} per step (µs)')
     ax.set_title(f'batch {b}')
     ax.grid(True, which='both', alpha=0.3)
   axes[0].legend()

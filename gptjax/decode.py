@@ -53,15 +53,29 @@ from gptjax.model import GPT, GPTConfig
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-  """How to pick the next token. temperature 0 is greedy; top_k 0 and top_p 1 keep every token."""
+  """How to pick the next token. temperature 0 is greedy; top_k 0 and top_p 1 keep every token.
+
+  real_vocab: ids at and above it are never picked (0 = every id can be). A model's vocabulary is
+  often padded past its tokenizer's (to a multiple of 64, or GPT-2's 50257 to 50304): those rows
+  have logits too, but no text, and a sampler that picked one would emit an id nothing can decode.
+  """
 
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
+  real_vocab: int = 0
 
   @classmethod
-  def checked(cls, temperature, top_k, top_p, vocab_size: int) -> 'Sampling':
-    """A Sampling from user values, or GptjaxError saying which one is out of range."""
+  def checked(cls, temperature, top_k, top_p, vocab_size: int, real_vocab: int | None = None) -> 'Sampling':
+    """A Sampling from user values, or GptjaxError saying which one is out of range. vocab_size: the
+    model's; real_vocab: the tokenizer's, when the model's vocabulary is padded past it (None: the same)."""
+    if real_vocab is None or real_vocab == vocab_size:
+      real_vocab = 0
+    elif not (isinstance(real_vocab, (int, np.integer)) and not isinstance(real_vocab, bool)
+              and 1 <= real_vocab <= vocab_size):
+      raise GptjaxError(f"real_vocab_size={real_vocab} must be the tokenizer's vocabulary size, between 1 and "
+                        f"the model's {vocab_size}")
+    vocab_size = real_vocab or vocab_size
     real = lambda x: isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
     if not (real(temperature) and np.isfinite(temperature) and temperature >= 0):
       raise GptjaxError(f'temperature={temperature} must be a finite number >= 0 (0 = greedy)')
@@ -69,7 +83,7 @@ class Sampling:
       raise GptjaxError(f'top_k={top_k} must be an integer between 0 (off) and the vocabulary size {vocab_size}')
     if not (real(top_p) and 0 < top_p <= 1):
       raise GptjaxError(f'top_p={top_p} must be in (0, 1] (1 = off)')
-    return cls(float(temperature), int(top_k), float(top_p))
+    return cls(float(temperature), int(top_k), float(top_p), int(real_vocab))
 
 
 def top_k_mask(logits: jax.Array, k: int) -> jax.Array:
@@ -91,6 +105,8 @@ def top_p_mask(logits: jax.Array, p: float) -> jax.Array:
 
 def sample_logits(rng: jax.Array, logits: jax.Array, sampling: Sampling) -> jax.Array:
   """The next token of each row: logits [batch, vocab] float32 -> [batch] int32."""
+  if 0 < sampling.real_vocab < logits.shape[-1]:  # padding ids of a padded vocabulary: never picked
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < sampling.real_vocab, logits, -jnp.inf)
   if sampling.temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits / sampling.temperature
@@ -298,18 +314,19 @@ def bucket_for(buckets: tuple[int, ...], n: int) -> int:
 def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_tokens: int,
              lengths=None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              stop_tokens: Sequence[int] = (), pad_id: int = 0, bucket_size: int = 64,
-             keep: int | None = None) -> Generation:
+             keep: int | None = None, real_vocab_size: int | None = None) -> Generation:
   """Continues each prompt by up to max_new_tokens tokens (any number: past block_size it slides).
 
   prompts: [batch, prompt_len] int array (right-padded, with `lengths` [batch]), or a list of token
   lists of any lengths. Sampling: temperature 0 = greedy; top_k > 0 keeps the k most likely tokens;
   top_p < 1 keeps the nucleus. A row stops at any of stop_tokens (not included in its output).
   bucket_size: the smallest cache length a step attends over (then 2x, 4x, ... up to block_size);
-  keep: tokens a full row keeps when it slides (default block_size // 2). Greedy rows are
-  independent: each equals generating that prompt alone.
+  keep: tokens a full row keeps when it slides (default block_size // 2). real_vocab_size: the
+  tokenizer's size when config.vocab_size pads past it; ids from it up are never sampled. Greedy rows
+  are independent: each equals generating that prompt alone.
   """
   prompts, lengths, sampling, stop_tokens = check_request(
-      config, prompts, lengths, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id)
+      config, prompts, lengths, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id, real_vocab_size)
   block = config.block_size
   keep = block // 2 if keep is None else keep
   integer = lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)
@@ -366,7 +383,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.n
 
 
 def check_request(config: GPTConfig, prompts, lengths, max_new_tokens, temperature, top_k, top_p,
-                  stop_tokens=(), pad_id=0):
+                  stop_tokens=(), pad_id=0, real_vocab_size=None):
   """Validates generate()'s arguments before any compute: returns (prompts [batch, prompt_len]
   int32, lengths [batch] int32, Sampling, stop tokens) or raises GptjaxError saying what is wrong.
   Prompts longer than block_size are cropped to their last block_size tokens (prompt_len <= block_size)."""
@@ -396,7 +413,7 @@ def check_request(config: GPTConfig, prompts, lengths, max_new_tokens, temperatu
                       if lengths.min() < 1 else 'a prompt length exceeds the prompt array')
   if prompts.min() < 0 or prompts.max() >= config.vocab_size:
     raise GptjaxError(f'prompt token ids must be in [0, {config.vocab_size})')
-  sampling = Sampling.checked(temperature, top_k, top_p, config.vocab_size)
+  sampling = Sampling.checked(temperature, top_k, top_p, config.vocab_size, real_vocab_size)
   prompts, lengths = prompts.astype(np.int32), lengths.astype(np.int32)
   if prompts.shape[1] > config.block_size:  # keep each row's last block_size tokens
     start = np.maximum(lengths - config.block_size, 0)

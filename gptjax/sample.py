@@ -72,7 +72,7 @@ def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int | None
   stop_ids = tokenizer.encode(stop) if stop else []
   result = decode.generate(
       params, model_config, [ids] * num_samples, jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
-      temperature=temperature, top_k=top_k, top_p=top_p,
+      temperature=temperature, top_k=top_k, top_p=top_p, real_vocab_size=tokenizer.vocab_size,
       stop_tokens=tuple(stop_ids) if len(stop_ids) == 1 else ())
   tokens, lengths = jax.device_get((result.tokens, result.lengths))
   texts = [tokenizer.decode(row[:n]) for row, n in zip(tokens, lengths)]

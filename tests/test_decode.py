@@ -140,8 +140,8 @@ def naive_sliding(config, params, prompt, n_new, keep):
   return out
 
 
-@pytest.mark.parametrize('pos_encoding, keep', [('learned', None), ('sinusoidal', 7), ('learned', 24),
-                                                ('learned', 1)])
+@pytest.mark.parametrize('pos_encoding, keep', [('learned', None), ('sinusoidal', 7), ('rope', 12),
+                                                ('learned', 24), ('learned', 1)])
 def test_sliding_past_the_context_equals_the_cropping_loop(pos_encoding, keep):
   """Rows of 5, 1, 9 and 30 tokens (the last longer than the 24 positions) each slide when they fill,
   at different steps, and still equal the naive cropping loop token for token; keep 24 slides at
@@ -157,9 +157,10 @@ def test_sliding_past_the_context_equals_the_cropping_loop(pos_encoding, keep):
     want = naive_sliding(config, params, prompt, n_new, config.block_size // 2 if keep is None else keep)
     assert out.tokens[i].tolist() == want, i
     assert len(set(want)) > 2  # a varied sequence, so the match means something
-  if keep is None:  # and a row slides the same alone as in a batch whose rows slide at other steps
-    alone = decode.generate(params, config, [prompts[1]], jax.random.PRNGKey(0), **kwargs)
-    assert alone.tokens[0].tolist() == out.tokens[1].tolist()
+  if keep is None:  # and each row slides the same alone as in a batch whose rows slide at other steps
+    for i, prompt in enumerate(prompts):
+      alone = decode.generate(params, config, [prompt], jax.random.PRNGKey(0), **kwargs)
+      assert alone.tokens[0].tolist() == out.tokens[i].tolist(), i
 
 
 def test_stop_tokens_past_the_context(params):
@@ -203,6 +204,38 @@ def test_top_k_1_is_greedy(params):
   top1 = decode.generate(params, CONFIG, [[7, 7]], jax.random.PRNGKey(3), max_new_tokens=30,
                          temperature=1.5, top_k=1)
   np.testing.assert_array_equal(greedy.tokens, top1.tokens)
+
+
+def test_padding_ids_of_a_padded_vocabulary_are_never_sampled():
+  """Ids from real_vocab up (a vocabulary padded past the tokenizer's) are never picked, whatever the
+  strategy, even when their logits are the largest."""
+  logits = jnp.tile(jnp.array([[0.0, 1.0, 0.5, 9.0, 8.0]]), (2000, 1))  # ids 3, 4: padding, most likely
+  for sampling in [decode.Sampling(0.0, real_vocab=3), decode.Sampling(1.0, real_vocab=3),
+                   decode.Sampling(5.0, top_k=5, real_vocab=3), decode.Sampling(1.0, top_p=0.99, real_vocab=3)]:
+    tokens = np.asarray(decode.sample_logits(jax.random.PRNGKey(0), logits, sampling))
+    assert tokens.max() < 3, sampling
+    assert len(set(tokens.tolist())) == (1 if sampling.temperature == 0 else 3)  # the real ids still drawn
+  # Without the limit the padding wins (so the check above could fail).
+  assert int(decode.sample_logits(jax.random.PRNGKey(0), logits[:1], decode.Sampling(0.0))[0]) == 3
+
+
+def test_generate_with_a_padded_vocabulary_equals_greedy_over_the_real_ids(params):
+  """CONFIG's 16 ids as a tokenizer's 11 padded to 16: generation never emits 11..15 and equals the
+  naive greedy loop taking the argmax over ids 0..10 only."""
+  prompt, n_real = [3, 1, 4], 11
+  free = decode.generate(params, CONFIG, [prompt], jax.random.PRNGKey(0), max_new_tokens=40, temperature=0.0)
+  assert max(free.tokens[0]) >= n_real  # the random model does pick padding ids when allowed
+  out = decode.generate(params, CONFIG, [prompt], jax.random.PRNGKey(0), max_new_tokens=40, temperature=0.0,
+                        real_vocab_size=n_real)
+  seq = list(prompt)
+  for _ in range(40):
+    window = np.zeros((1, CONFIG.block_size), np.int32)
+    window[0, :len(seq)] = seq
+    seq.append(int(jnp.argmax(full_forward(CONFIG, params, jnp.asarray(window))[0, len(seq) - 1, :n_real])))
+  assert out.tokens[0].tolist() == seq[len(prompt):]
+  sampled = decode.generate(params, CONFIG, [prompt] * 8, jax.random.PRNGKey(0), max_new_tokens=40,
+                            temperature=2.0, real_vocab_size=n_real)
+  assert sampled.tokens.max() < n_real
 
 
 def test_top_k_keeps_the_k_largest():
@@ -268,6 +301,9 @@ def test_stop_tokens_end_rows_independently(params):
     (dict(max_new_tokens=4, top_k=17), 'top_k=17'),
     (dict(max_new_tokens=4, top_p=0.0), 'top_p=0.0'),
     (dict(max_new_tokens=4, top_p=1.5), 'top_p=1.5'),
+    (dict(max_new_tokens=4, real_vocab_size=17), 'real_vocab_size=17'),
+    (dict(max_new_tokens=4, real_vocab_size=0), 'real_vocab_size=0'),
+    (dict(max_new_tokens=4, top_k=12, real_vocab_size=11), 'top_k=12 .* vocabulary size 11'),
 ])
 def test_bad_generate_arguments_fail_before_compute(params, kwargs, words):
   for program in decode.PROGRAMS:

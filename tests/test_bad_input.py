@@ -157,7 +157,8 @@ def test_sample_reads_a_good_prompt(char_run):
 
 def test_sample_goes_past_the_context_when_asked(char_run):
   """--max_new_tokens beyond the model's 32 positions slides the window: all 40 characters come out."""
-  proc = cli('gptjax.sample', f'--workdir={char_run}', '--prompt=The', '--max_new_tokens=40', '--temperature=0')
+  proc = cli('gptjax.sample', f'--workdir={char_run}', '--prompt=The', '--max_new_tokens=40', '--temperature=0',
+             '--continuation_only')
   assert proc.returncode == 0, proc.stderr
   assert len(proc.stdout) == 40 + 1  # char tokenizer: one character per token, plus print's newline
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -40,7 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nanogpt_peer  # noqa: E402
-from timing import cpu_seconds, interleaved_medians  # noqa: E402
+from timing import cpu_name, cpu_seconds, interleaved_medians  # noqa: E402
 
 from gptjax import decode, model as M  # noqa: E402
 
@@ -48,15 +46,6 @@ VOCAB, N_LAYER, N_HEAD, N_EMBD, NEW = 65, 4, 4, 128, 500
 HERE = os.path.dirname(os.path.abspath(__file__))
 POSITIONS = [64, 128, 256, 512, 1024]
 STEPS = 64  # decode steps timed at each position
-
-
-def cpu_name() -> str:
-  try:
-    out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
-    fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
-    return f"{fields['Model name'].strip()}, {fields['CPU(s)'].strip()} CPUs"
-  except (OSError, subprocess.CalledProcessError, KeyError):
-    return platform.processor() or 'unknown CPU'
 
 
 def gptjax_generate(params, config, batch, **kwargs):

@@ -10,7 +10,11 @@ and reports, per token:
   - the thunks XLA:CPU runs per step, and a jax.profiler trace of the step split by what each
     thunk does (the HLO op names: dense matmuls, attention, cache writes, layer norms, sampling, rest).
 
-  python experiments/decode_profile.py [--repeats=7]
+  python experiments/decode_profile.py [--repeats=7] [--cpu_time]
+
+On a machine shared with other jobs, --cpu_time times the steps and the matmul in CPU seconds (both
+on one thread, as the decode loop runs), and each part of the profile is the median over `repeats`
+traced calls (a thread that waits for a core inflates a call's thunks at random).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median_seconds  # noqa: E402
+from timing import cpu_name, cpu_seconds  # noqa: E402
 
 from gptjax import decode, model as M  # noqa: E402
 
@@ -42,11 +46,18 @@ CASES = [(1, 128, GREEDY), (1, 512, GREEDY), (1, 128, SAMPLED), (16, 128, GREEDY
 STEPS = 64
 
 
-def matmul_gflops(m, k, n, repeats, chain=16):
+def matmul_gflops(m, k, n, repeats, clock, chain=16):
+  """float32 matmul throughput on one thread (the decode loop's XLA:CPU options), median of repeats."""
   a = jax.random.normal(jax.random.PRNGKey(0), (chain, m, k), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (k, n), jnp.float32)
-  run = jax.jit(lambda a, b: sum(jnp.dot(a[i], b) for i in range(chain)))
-  return 2 * m * k * n * chain / median_seconds(lambda: jax.block_until_ready(run(a, b)), repeats) / 1e9
+  run = jax.jit(lambda a, b: sum(jnp.dot(a[i], b) for i in range(chain)), compiler_options=decode.CPU_DECODE_OPTIONS)
+  jax.block_until_ready(run(a, b))
+  times = []
+  for _ in range(repeats):
+    t0 = clock()
+    jax.block_until_ready(run(a, b))
+    times.append(clock() - t0)
+  return 2 * m * k * n * chain / float(np.median(times)) / 1e9
 
 
 def step_cost(config, batch, cache_len):
@@ -72,8 +83,8 @@ def part_of(op_name):
   return next((name for name, pattern in PARTS if re.search(pattern, op_name)), PARTS[-1][0])
 
 
-def profile(compiled, args, steps):
-  """Seconds per step by part, from a jax.profiler trace of one call."""
+def profile(compiled, args, steps, repeats):
+  """Seconds per step by part: for each part, the median over `repeats` jax.profiler traces of one call."""
   hlo = compiled.as_text()
   op_names, users = {}, collections.defaultdict(list)
   for line in hlo.split('\n'):
@@ -94,31 +105,35 @@ def profile(compiled, args, steps):
       return op_names.get(thunk, '')
     return next((n for u in users.get(thunk, []) if (n := op_name(u, depth + 1))), '')
 
-  with tempfile.TemporaryDirectory() as trace_dir:
-    jax.block_until_ready(compiled(*args()))
-    fresh = args()
-    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-      jax.block_until_ready(compiled(*fresh))
-    trace = glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)[0]
-    events = json.load(gzip.open(trace))['traceEvents']
-  seconds = collections.Counter()
-  for e in events:
-    name = e.get('name', '')
-    if e.get('ph') != 'X' or name.startswith(('$', 'Thunk', 'while', 'end: ', 'Pjit', 'Common')):
-      continue
-    if name in op_names or name in users:
-      seconds[part_of(op_name(name))] += e['dur'] * 1e-6 / steps
-  return seconds
+  def one_trace():
+    with tempfile.TemporaryDirectory() as trace_dir:
+      fresh = args()
+      with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        jax.block_until_ready(compiled(*fresh))
+      trace = glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)[0]
+      events = json.load(gzip.open(trace))['traceEvents']
+    seconds = collections.Counter()
+    for e in events:
+      name = e.get('name', '')
+      if e.get('ph') != 'X' or name.startswith(('$', 'Thunk', 'while', 'end: ', 'Pjit', 'Common')):
+        continue
+      if name in op_names or name in users:
+        seconds[part_of(op_name(name))] += e['dur'] * 1e-6 / steps
+    return seconds
+
+  jax.block_until_ready(compiled(*args()))
+  traces = [one_trace() for _ in range(repeats)]
+  return {part: float(np.median([t.get(part, 0.0) for t in traces])) for part, _ in PARTS}
 
 
-def time_chunk(compiled, fresh, repeats):
+def time_chunk(compiled, fresh, repeats, clock):
   """Median seconds of one call on fresh inputs (the chunk consumes its state), warm-up first."""
   times = []
   for _ in range(repeats + 1):
     inputs = jax.block_until_ready(fresh())
-    t0 = time.perf_counter()
+    t0 = clock()
     jax.block_until_ready(compiled(*inputs))
-    times.append(time.perf_counter() - t0)
+    times.append(clock() - t0)
   return float(np.median(times[1:]))
 
 
@@ -137,13 +152,17 @@ def thunks_per_step(hlo):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=7)
+  parser.add_argument('--cpu_time', action='store_true', help='CPU seconds instead of wall seconds')
   args = parser.parse_args()
+  clock = cpu_seconds if args.cpu_time else time.perf_counter
   config = M.GPTConfig(vocab_size=VOCAB, block_size=1024, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD,
                        bias=False, tie_embeddings=True)
   params = M.init_params(config, jax.random.PRNGKey(0))
-  peak = matmul_gflops(1024, 1024, 1024, args.repeats)
-  print(f'jax {jax.__version__}; float32 matmul 1024^3: {peak:.0f} GFLOP/s; decode steps: median of '
-        f'{args.repeats} calls of {STEPS} steps')
+  peak = matmul_gflops(1024, 1024, 1024, args.repeats, clock)
+  what = 'CPU time' if args.cpu_time else 'wall time'
+  print(f'{cpu_name()}; jax {jax.__version__}; load average {os.getloadavg()[0]:.1f}; {what}; '
+        f'float32 matmul 1024^3 on one thread: {peak:.0f} GFLOP/s; decode steps: median of {args.repeats} '
+        f'calls of {STEPS} steps')
   costs, profiles = [], []
   for batch, cache_len, sampling in CASES:
     pos = cache_len // 2
@@ -157,15 +176,16 @@ def main():
 
     lowered = decode._chunk_program().lower(*fresh(), config=config, sampling=sampling, stop_tokens=())
     compiled = lowered.compile()
-    step = time_chunk(compiled, fresh, args.repeats) / STEPS
+    step = time_chunk(compiled, fresh, args.repeats, clock) / STEPS
     flops, nbytes = step_cost(config, batch, cache_len)
-    parts = profile(compiled, fresh, STEPS)
+    parts = profile(compiled, fresh, STEPS, args.repeats)
     how = 'greedy' if sampling.temperature == 0 else f'T={sampling.temperature} top_k={sampling.top_k}'
     name = f'| {batch} | {cache_len} | {how} | {step * 1e6:.1f} '
     costs.append(name + f'| {flops / 1e6:.2f} | {flops / peak / 1e3:.1f} | {nbytes / 1e6:.2f} '
                  f'| {nbytes / step / 1e9:.0f} | {thunks_per_step(compiled.as_text())} |')
-    profiles.append(name + '| ' + ' | '.join(f'{parts.get(p, 0) * 1e6:.1f}' for p, _ in PARTS)
-                    + f' | {sum(parts.values()) * 1e6:.1f} |')
+    total = sum(parts.values())
+    profiles.append(name + '| ' + ' | '.join(f'{parts.get(p, 0) / total:.0%}' for p, _ in PARTS)
+                    + f' | {total * 1e6:.1f} |')
     print(costs[-1], flush=True)
 
   print('\nthe step against its arithmetic and its memory traffic (us per token-step):')
@@ -173,8 +193,9 @@ def main():
         '| GB/s that makes | thunks |')
   print('|---' * 9 + '|')
   print('\n'.join(costs))
-  print('\nwhere it goes (jax.profiler; us per step by what the thunks do):')
-  print('| batch | cache slots | sampling | step us | ' + ' | '.join(p for p, _ in PARTS) + ' | sum of thunks |')
+  print('\nwhere it goes (jax.profiler: share of the traced thunk time by what the thunks do; tracing adds its own '
+        'cost per thunk, and on a busy machine waits, so the traced sum exceeds the step):')
+  print('| batch | cache slots | sampling | step us | ' + ' | '.join(p for p, _ in PARTS) + ' | traced sum, us |')
   print('|---' * (5 + len(PARTS)) + '|')
   print('\n'.join(profiles))
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import platform
 import resource
+import subprocess
 import time
 
 import numpy as np
@@ -41,3 +43,12 @@ def interleaved_medians(fns: dict, repeats: dict | int, clock=time.perf_counter)
         fn()
         times[name].append(clock() - t0)
   return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+def cpu_name() -> str:
+  try:
+    out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
+    fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
+    return f"{fields['Model name'].strip()}, {fields['CPU(s)'].strip()} CPUs"
+  except (OSError, subprocess.CalledProcessError, KeyError):
+    return platform.processor() or 'unknown CPU'

@@ -12,6 +12,10 @@ One forward serves training and decoding:
 
 With a cache, each row's new tokens are written at that row's `cache.pos` and attend over the
 cached prefix; see `kv_cache.py`. The model holds no state between calls.
+
+Every parameter's initializer names its dimensions with logical axes ('vocab', 'embed', 'qkv',
+'heads', 'mlp', 'position'); `gptjax/parallel.py` maps those names to mesh axes. `init_params`
+returns plain arrays and `param_axes` the names, so nothing else sees the annotations.
 """
 
 from __future__ import annotations
@@ -79,6 +83,11 @@ class GPTConfig:
     return self.n_kv_head or self.n_head
 
 
+def _named(init, *axes):
+  """`init` with a logical axis name for each dimension of the parameter it makes."""
+  return nn.with_logical_partitioning(init, axes)
+
+
 def sinusoidal_positions(n_pos: int, d: int) -> jax.Array:
   """P[pos, 2i] = sin(pos / 10000^(2i/d)), P[pos, 2i+1] = cos(pos / 10000^(2i/d)); [n_pos, d]."""
   pos = jnp.arange(n_pos, dtype=jnp.float32)[:, None]
@@ -121,10 +130,12 @@ class CausalSelfAttention(nn.Module):
     """
     c = self.config
     batch, seq, _ = mask.shape
-    dense = lambda features, std, name: nn.Dense(
+    dense = lambda features, std, axes, name: nn.Dense(
         features, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
-        kernel_init=nn.initializers.normal(std), name=name)
-    qkv = dense((c.n_head + 2 * c.kv_heads) * c.head_dim, 0.02, 'c_attn')(x)
+        kernel_init=_named(nn.initializers.normal(std), *axes),
+        bias_init=_named(nn.initializers.zeros, axes[1]), name=name)
+    # [q | k | v] heads side by side: 'qkv' is the fused (n_head + 2 * n_kv_head) * head_dim axis.
+    qkv = dense((c.n_head + 2 * c.kv_heads) * c.head_dim, 0.02, ('embed', 'qkv'), 'c_attn')(x)
     q, k, v = jnp.split(qkv, [c.n_head * c.head_dim, (c.n_head + c.kv_heads) * c.head_dim], axis=-1)
     q = q.reshape(batch, seq, c.n_head, c.head_dim)
     to_heads = lambda t: (t.reshape(batch, seq, c.kv_heads, c.head_dim).transpose(0, 2, 1, 3)
@@ -135,7 +146,7 @@ class CausalSelfAttention(nn.Module):
       k, v = kv
     y = attention(q, k, v, mask, nn.Dropout(c.dropout), deterministic).reshape(batch * seq, -1)
     # Residual projections start smaller (GPT-2): the residual stream sums 2 * n_layer of them.
-    y = dense(c.n_embd, 0.02 / math.sqrt(2 * c.n_layer), 'c_proj')(y)
+    y = dense(c.n_embd, 0.02 / math.sqrt(2 * c.n_layer), ('heads', 'embed'), 'c_proj')(y)
     return nn.Dropout(c.dropout)(y, deterministic=deterministic), kv
 
 
@@ -146,11 +157,19 @@ class MLP(nn.Module):
   def __call__(self, x, *, deterministic=True):
     c = self.config
     x = nn.Dense(4 * c.n_embd, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
-                 kernel_init=nn.initializers.normal(0.02), name='c_fc')(x)
+                 kernel_init=_named(nn.initializers.normal(0.02), 'embed', 'mlp'),
+                 bias_init=_named(nn.initializers.zeros, 'mlp'), name='c_fc')(x)
     x = nn.gelu(x, approximate=True)
     x = nn.Dense(c.n_embd, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
-                 kernel_init=nn.initializers.normal(0.02 / math.sqrt(2 * c.n_layer)), name='c_proj')(x)
+                 kernel_init=_named(nn.initializers.normal(0.02 / math.sqrt(2 * c.n_layer)), 'mlp', 'embed'),
+                 bias_init=_named(nn.initializers.zeros, 'embed'), name='c_proj')(x)
     return nn.Dropout(c.dropout)(x, deterministic=deterministic)
+
+
+def layer_norm(c: GPTConfig, name: str | None = None) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=1e-5, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
+                      scale_init=_named(nn.initializers.ones, 'embed'),
+                      bias_init=_named(nn.initializers.zeros, 'embed'), name=name)
 
 
 class Block(nn.Module):
@@ -161,8 +180,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, mask, kv=None, pos=None, *, deterministic=True):
     c = self.config
-    ln = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=c.bias, dtype=c.dtype,
-                                   param_dtype=c.param_dtype, name=name)
+    ln = lambda name: layer_norm(c, name)
     y, kv = CausalSelfAttention(c, name='attn')(ln('ln_1')(x), mask, kv, pos, deterministic=deterministic)
     x = x + y
     x = x + MLP(c, name='mlp')(ln('ln_2')(x), deterministic=deterministic)
@@ -174,20 +192,23 @@ class GPT(nn.Module):
 
   def setup(self):
     c = self.config
-    self.wte = nn.Embed(c.vocab_size, c.n_embd, embedding_init=nn.initializers.normal(0.02),
-                        dtype=c.dtype, param_dtype=c.param_dtype)  # E: [vocab, n_embd]
+    table = lambda rows, n_rows, name: nn.Embed(
+        n_rows, c.n_embd, embedding_init=_named(nn.initializers.normal(0.02), rows, 'embed'),
+        dtype=c.dtype, param_dtype=c.param_dtype, name=name)
+    self.wte = table('vocab', c.vocab_size, 'wte')  # E: [vocab, n_embd]
     if c.pos_encoding == 'learned':
-      self.wpe = nn.Embed(c.block_size, c.n_embd, embedding_init=nn.initializers.normal(0.02),
-                          dtype=c.dtype, param_dtype=c.param_dtype)  # P: [block_size, n_embd]
+      self.wpe = table('position', c.block_size, 'wpe')  # P: [block_size, n_embd]
     self.drop = nn.Dropout(c.dropout)
     self.h = [Block(c, name=f'h_{i}') for i in range(c.n_layer)]
-    self.ln_f = nn.LayerNorm(epsilon=1e-5, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype)
+    self.ln_f = layer_norm(c)
     if c.tie_embeddings:
       if c.bias:
-        self.b_O = self.param('lm_head_bias', nn.initializers.zeros, (c.vocab_size,), c.param_dtype)
+        self.b_O = self.param('lm_head_bias', _named(nn.initializers.zeros, 'vocab'), (c.vocab_size,),
+                              c.param_dtype)
     else:
       self.lm_head = nn.Dense(c.vocab_size, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
-                              kernel_init=nn.initializers.normal(0.02))  # W_O, b_O
+                              kernel_init=_named(nn.initializers.normal(0.02), 'embed', 'vocab'),
+                              bias_init=_named(nn.initializers.zeros, 'vocab'))  # W_O, b_O
 
   def embed(self, tokens, positions):
     """X = E[tokens] + P[positions]: tokens, positions [batch, seq] -> [batch, seq, n_embd]."""
@@ -242,9 +263,18 @@ class GPT(nn.Module):
 
 
 def init_params(config: GPTConfig, rng: jax.Array) -> dict:
-  """Fresh parameters for `config` (a plain nested dict of arrays)."""
+  """Fresh parameters for `config` (a plain nested dict of arrays). Pure: jit it with out_shardings
+  to create them already sharded (see `gptjax.train.init_state`)."""
   tokens = jnp.zeros((1, min(config.block_size, 8)), jnp.int32)
-  return jax.jit(GPT(config).init)(rng, tokens)['params']
+  return jax.jit(lambda key: nn.unbox(GPT(config).init(key, tokens)['params']))(rng)
+
+
+def param_axes(config: GPTConfig) -> dict:
+  """The logical axis names of every parameter: the params' tree with a PartitionSpec of names
+  (e.g. P('embed', 'mlp')) at each leaf. Computed from shapes only; nothing is allocated."""
+  tokens = jax.ShapeDtypeStruct((1, min(config.block_size, 8)), jnp.int32)
+  boxed = jax.eval_shape(GPT(config).init, jax.random.PRNGKey(0), tokens)['params']
+  return nn.get_partition_spec(boxed)
 
 
 def count_params(params, exclude_positions: bool = True) -> int:

@@ -88,6 +88,12 @@ def _named(init, *axes):
   return nn.with_logical_partitioning(init, axes)
 
 
+def _split_as(x, *axes):
+  """Asks the partitioner to lay activation x out by logical axis names ('batch' rows over the data
+  axes, 'heads'/'mlp'/'vocab' over tensor, None whole). A no-op outside the mesh strategy's rules."""
+  return nn.with_logical_constraint(x, axes)
+
+
 def sinusoidal_positions(n_pos: int, d: int) -> jax.Array:
   """P[pos, 2i] = sin(pos / 10000^(2i/d)), P[pos, 2i+1] = cos(pos / 10000^(2i/d)); [n_pos, d]."""
   pos = jnp.arange(n_pos, dtype=jnp.float32)[:, None]
@@ -98,22 +104,23 @@ def sinusoidal_positions(n_pos: int, d: int) -> jax.Array:
 def attention(q, k, v, mask, dropout: nn.Module, deterministic: bool):
   """Softmax(Q K^T / sqrt(d)) V; returns [batch, seq, n_head * head_dim].
 
-  q: [batch, seq, n_head, head_dim]; k, v: [batch * n_kv_head, kv_len, head_dim] (the KV cache's
-  layout); mask: [batch, seq, kv_len], True where a query may attend. Each K/V head serves
-  n_head // n_kv_head query heads (grouped-query attention when n_kv_head < n_head).
+  q: [batch, seq, n_head, head_dim]; k, v: [batch, n_kv_head, kv_len, head_dim] (the KV cache's
+  [batch * n_kv_head, ...] buffers, viewed per row); mask: [batch, seq, kv_len], True where a query
+  may attend. Each K/V head serves n_head // n_kv_head query heads (grouped-query attention when
+  n_kv_head < n_head).
   """
   batch, seq, n_head, head_dim = q.shape
-  n_kv = k.shape[0] // batch
+  n_kv = k.shape[1]
   group = n_head // n_kv
-  # [batch * n_kv, group * seq, head_dim]: each K/V head with all the queries it serves.
+  # [batch, n_kv, group * seq, head_dim]: each K/V head with all the queries it serves.
   q = q.reshape(batch, seq, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
-  q = q.reshape(batch * n_kv, group * seq, head_dim)
-  scores = jnp.einsum('nqd,nld->nql', q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+  q = q.reshape(batch, n_kv, group * seq, head_dim)
+  scores = jnp.einsum('bnqd,bnld->bnql', q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
   scores = scores.reshape(batch, n_kv, group, seq, -1)
   scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
-  probs = probs.reshape(batch * n_kv, group * seq, -1).astype(v.dtype)
-  out = jnp.einsum('nql,nld->nqd', probs, v)  # [batch * n_kv, group * seq, head_dim]
+  probs = probs.reshape(batch, n_kv, group * seq, -1).astype(v.dtype)
+  out = jnp.einsum('bnql,bnld->bnqd', probs, v)  # [batch, n_kv, group * seq, head_dim]
   out = out.reshape(batch, n_kv, group, seq, head_dim).transpose(0, 3, 1, 2, 4)
   return out.reshape(batch, seq, n_head * head_dim)
 
@@ -137,13 +144,14 @@ class CausalSelfAttention(nn.Module):
     # [q | k | v] heads side by side: 'qkv' is the fused (n_head + 2 * n_kv_head) * head_dim axis.
     qkv = dense((c.n_head + 2 * c.kv_heads) * c.head_dim, 0.02, ('embed', 'qkv'), 'c_attn')(x)
     q, k, v = jnp.split(qkv, [c.n_head * c.head_dim, (c.n_head + c.kv_heads) * c.head_dim], axis=-1)
-    q = q.reshape(batch, seq, c.n_head, c.head_dim)
-    to_heads = lambda t: (t.reshape(batch, seq, c.kv_heads, c.head_dim).transpose(0, 2, 1, 3)
-                          .reshape(batch * c.kv_heads, seq, c.head_dim))
-    k, v = to_heads(k), to_heads(v)  # [batch * n_kv_head, seq, head_dim]
+    q = _split_as(q.reshape(batch, seq, c.n_head, c.head_dim), 'batch', None, 'heads', None)
+    to_heads = lambda t: _split_as(t.reshape(batch, seq, c.kv_heads, c.head_dim).transpose(0, 2, 1, 3),
+                                   'batch', 'heads', None, None)
+    k, v = to_heads(k), to_heads(v)  # [batch, n_kv_head, seq, head_dim]
     if kv is not None:  # decoding: write the new keys/values, then attend over the whole buffer
-      kv = (kvc.write(kv[0], k, pos), kvc.write(kv[1], v, pos))
-      k, v = kv
+      rows = lambda t: t.reshape(batch * c.kv_heads, seq, c.head_dim)  # the cache's layout
+      kv = (kvc.write(kv[0], rows(k), pos), kvc.write(kv[1], rows(v), pos))
+      k, v = (t.reshape(batch, c.kv_heads, -1, c.head_dim) for t in kv)
     y = attention(q, k, v, mask, nn.Dropout(c.dropout), deterministic).reshape(batch * seq, -1)
     # Residual projections start smaller (GPT-2): the residual stream sums 2 * n_layer of them.
     y = dense(c.n_embd, 0.02 / math.sqrt(2 * c.n_layer), ('heads', 'embed'), 'c_proj')(y)
@@ -159,7 +167,7 @@ class MLP(nn.Module):
     x = nn.Dense(4 * c.n_embd, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
                  kernel_init=_named(nn.initializers.normal(0.02), 'embed', 'mlp'),
                  bias_init=_named(nn.initializers.zeros, 'mlp'), name='c_fc')(x)
-    x = nn.gelu(x, approximate=True)
+    x = _split_as(nn.gelu(x, approximate=True), 'batch', 'mlp')  # [batch * seq, 4 * n_embd]
     x = nn.Dense(c.n_embd, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
                  kernel_init=_named(nn.initializers.normal(0.02 / math.sqrt(2 * c.n_layer)), 'mlp', 'embed'),
                  bias_init=_named(nn.initializers.zeros, 'embed'), name='c_proj')(x)
@@ -240,11 +248,12 @@ class GPT(nn.Module):
     # The residual stream is kept 2-D, [batch * seq, n_embd]: every Dense is then a plain matrix
     # product, for which XLA:CPU picks much faster layouts than for 3-D dot_generals (a train step
     # of nanoGPT's CPU recipe went from ~72 to ~56 ms here).
-    x = x.reshape(batch * seq, c.n_embd)
+    x = _split_as(x.reshape(batch * seq, c.n_embd), 'batch', None)
     new_k, new_v = [], []
     for i, block in enumerate(self.h):
       kv = None if cache is None else (cache.k[i], cache.v[i])
       x, kv = block(x, mask, kv, None if cache is None else cache.pos, deterministic=deterministic)
+      x = _split_as(x, 'batch', None)
       if cache is not None:
         new_k.append(kv[0])
         new_v.append(kv[1])
@@ -256,7 +265,7 @@ class GPT(nn.Module):
         logits = logits + self.b_O
     else:
       logits = self.lm_head(x)  # h W_O + b_O
-    logits = logits.astype(jnp.float32).reshape(batch, seq, -1)
+    logits = _split_as(logits.astype(jnp.float32).reshape(batch, seq, -1), 'batch', None, 'vocab')
     if cache is None:
       return logits
     return logits, kvc.KVCache(k=tuple(new_k), v=tuple(new_v), pos=cache.pos + seq)

@@ -542,7 +542,8 @@ def main():
       print(str(e), file=sys.stderr)
       sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"
     shown = ', '.join(f'{k} {v:.4g}' for k, v in result.items() if k != 'step')
-    print(f'done: step {result["step"]}' + (f', {shown}' if shown else '') + f'; workdir {workdir}')
+    if jax.process_index() == 0:
+      print(f'done: step {result["step"]}' + (f', {shown}' if shown else '') + f'; workdir {workdir}')
 
   cli.run(run)
 

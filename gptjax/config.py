@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import ml_collections
 
@@ -31,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.n_embd = 128
   c.model.dropout = 0.0
   c.model.bias = True
+  c.model.head_bias = True  # b_O in the output head (where bias is on); GPT-2 has none
   c.model.tie_embeddings = False
   c.model.pos_encoding = 'learned'  # or 'sinusoidal'
   c.model.causal = True
@@ -40,7 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.path = ''  # a text file; '' means the Python standard library's .py sources
   c.data.url = ''  # where to download data.path from if it is missing ('' = never download)
-  c.data.tokenizer = 'byte'  # 'byte' (UTF-8 bytes, 256 ids) or 'char' (characters of the text)
+  c.data.tokenizer = 'byte'  # 'byte' (UTF-8 bytes, 256 ids), 'char' (characters of the text),
+  # 'bpe' (a byte-level BPE trained on the training split) or 'gpt2' (GPT-2's, from tokenizer_path)
+  c.data.bpe_vocab_size = 4096  # ids of the trained 'bpe' tokenizer: 256 bytes, <|endoftext|>, merges
+  c.data.tokenizer_path = ''  # for 'gpt2': the directory with vocab.json + merges.txt (or tokenizer.json)
   c.data.val_fraction = 0.1  # the last 10% of the tokens are the validation split
   c.data.max_bytes = 4_000_000  # only for the standard-library corpus
 
@@ -64,6 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.nan_policy = 'stop'  # 'stop' at a NaN/Inf loss, or 'skip' the update of such a step
   c.train.devices = 0  # use this many local devices (of each host); 0 = all
+  # Start from these parameters (a converted run directory or a Hugging Face GPT-2 directory): fresh
+  # optimizer, step 0; the model's shape comes from there, block_size and vocab_size from here.
+  c.train.init_from = ''
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = 'pmap'  # 'pmap' (a replica per device) or 'mesh' (jit over data x fsdp x tensor)
@@ -156,8 +164,17 @@ def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
     problems.append('train.grad_clip and train.weight_decay must be >= 0')
   if t.nan_policy not in ('stop', 'skip'):
     problems.append(f"train.nan_policy={t.nan_policy!r} must be 'stop' or 'skip'")
-  if d.tokenizer not in ('byte', 'char'):
-    problems.append(f"data.tokenizer={d.tokenizer!r} must be 'byte' or 'char'")
+  if d.tokenizer not in ('byte', 'char', 'bpe', 'gpt2'):
+    problems.append(f"data.tokenizer={d.tokenizer!r} must be 'byte', 'char', 'bpe' or 'gpt2'")
+  if d.tokenizer == 'bpe' and not 257 <= d.bpe_vocab_size <= 2**24:
+    problems.append(f'data.bpe_vocab_size={d.bpe_vocab_size} must be in [257, 2**24] (256 bytes, '
+                    '<|endoftext|>, merges)')
+  if d.tokenizer == 'gpt2' and not d.tokenizer_path:
+    problems.append("data.tokenizer='gpt2' needs --config.data.tokenizer_path=DIR, a directory with GPT-2's "
+                    'vocab.json + merges.txt (or tokenizer.json)')
+  if t.init_from and not os.path.isdir(t.init_from):
+    problems.append(f'train.init_from={t.init_from} is not a directory; give a converted run directory or a '
+                    'Hugging Face GPT-2 directory')
   if not 0 < d.val_fraction < 1:
     problems.append(f'data.val_fraction={d.val_fraction} must be in (0, 1)')
   if problems:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sysconfig
 import tempfile
 import urllib.request
@@ -99,6 +100,201 @@ class ByteTokenizer:
     return {'kind': 'byte'}
 
 
+class BPETokenizer:
+  """Byte-level BPE (GPT-2's scheme), run by Hugging Face `tokenizers`: any text or bytes encodes.
+
+  kind 'bpe' is trained on the corpus (`train`); kind 'gpt2' is read from GPT-2's files
+  (`from_files`: vocab.json + merges.txt, or a tokenizer.json). Both are stored whole in the
+  workdir's tokenizer.json (`to_dict`), so sampling needs nothing else.
+
+  Byte-level means every token stands for a fixed byte string (the 256 single bytes are all in the
+  vocabulary), so bytes that are not UTF-8 encode as single-byte tokens and `decode_bytes` is exact.
+  """
+
+  def __init__(self, kind: str, tokenizer_json: str):
+    from tokenizers import Tokenizer
+    self.kind = kind
+    self._tokenizer = Tokenizer.from_str(tokenizer_json)
+    spec = json.loads(tokenizer_json)
+    byte_level = ((spec.get('model') or {}).get('type') == 'BPE' and spec.get('normalizer') is None
+                  and (spec.get('decoder') or {}).get('type') == 'ByteLevel'
+                  and 'ByteLevel' in json.dumps(spec.get('pre_tokenizer')))
+    if not byte_level:
+      raise GptjaxError("the tokenizer is not a byte-level BPE like GPT-2's (BPE model, ByteLevel "
+                        'pre-tokenizer and decoder, no normalizer); use a GPT-2 style tokenizer.json or '
+                        'vocab.json + merges.txt')
+    self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+    # The byte string of every id: a vocabulary token is a string of byte-alphabet characters; an
+    # added (special) token stands for its own text.
+    to_byte = byte_alphabet()
+    vocab = self._tokenizer.get_vocab(with_added_tokens=False)
+    self.token_bytes = [b''] * self.vocab_size
+    for token, i in vocab.items():
+      self.token_bytes[i] = bytes(to_byte[ch] for ch in token) if all(ch in to_byte for ch in token) \
+          else token.encode('utf-8')
+    for i, added in self._tokenizer.get_added_tokens_decoder().items():
+      self.token_bytes[i] = added.content.encode('utf-8')
+    self._lengths = np.array([len(b) for b in self.token_bytes], np.int64)
+    missing = [b for ch, b in to_byte.items() if ch not in vocab]
+    if missing:
+      raise GptjaxError(f'the byte-level BPE lacks {len(missing)} of the 256 single-byte tokens; it cannot '
+                        'encode every text: use a complete byte-level vocabulary')
+    self._byte_ids = np.zeros(256, np.int32)
+    for ch, b in to_byte.items():
+      self._byte_ids[b] = vocab[ch]
+
+  @classmethod
+  def train(cls, data: bytes, vocab_size: int) -> 'BPETokenizer':
+    """A byte-level BPE with up to vocab_size ids learned from `data`: 1 special token
+    (<|endoftext|>, id 0), the 256 bytes, then merges of pairs seen at least twice, most frequent
+    first. Deterministic: the same data and size give the same vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    if not 257 <= vocab_size <= 2**24:
+      raise GptjaxError(f'a byte-level BPE needs 257 to 2**24 ids (256 bytes + <|endoftext|> + merges), not '
+                        f'{vocab_size}; set --config.data.bpe_vocab_size')
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                  special_tokens=[END_OF_TEXT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    texts = [piece for piece in _utf8_pieces(data) if isinstance(piece, str)]
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return cls('bpe', tokenizer.to_str())
+
+  @classmethod
+  def from_files(cls, directory: str) -> 'BPETokenizer':
+    """GPT-2's tokenizer from a local directory: tokenizer.json, or vocab.json + merges.txt (built as
+    transformers' GPT2Tokenizer builds it: no prefix space, <|endoftext|> special)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    where = os.path.abspath(directory or '.')
+    if os.path.isfile(os.path.join(where, 'tokenizer.json')):
+      with open(os.path.join(where, 'tokenizer.json'), encoding='utf-8') as f:
+        text = f.read()
+      try:
+        return cls('gpt2', Tokenizer.from_str(text).to_str())
+      except Exception as e:  # tokenizers raises its own exception type for files it cannot parse
+        if isinstance(e, GptjaxError):
+          raise
+        reason = str(e).splitlines()[0]
+        raise GptjaxError(f'cannot read {where}/tokenizer.json as a tokenizer ({reason})') from None
+    vocab, merges = os.path.join(where, 'vocab.json'), os.path.join(where, 'merges.txt')
+    if not (os.path.isfile(vocab) and os.path.isfile(merges)):
+      raise GptjaxError(f'no GPT-2 tokenizer in {where}: put vocab.json and merges.txt (or tokenizer.json) '
+                        'there, e.g. from huggingface-cli download gpt2 vocab.json merges.txt --local-dir DIR')
+    try:
+      model = models.BPE.from_file(vocab, merges)
+    except Exception as e:  # tokenizers raises its own exception type for unreadable files
+      raise GptjaxError(f'cannot read {vocab} + {merges} as a BPE vocabulary '
+                        f'({str(e).splitlines()[0]})') from None
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    if END_OF_TEXT in tokenizer.get_vocab():
+      tokenizer.add_special_tokens([AddedToken(END_OF_TEXT, special=True)])
+    return cls('gpt2', tokenizer.to_str())
+
+  def encode(self, text: str | bytes) -> np.ndarray:
+    """ids [n] int32 of a text, or of any bytes (a byte that is not UTF-8 is its single-byte token)."""
+    ids, texts = [], []
+
+    def flush():  # encodes the texts gathered so far, on all cores
+      ids.extend(np.asarray(e.ids, np.int32)
+                 for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False))
+      texts.clear()
+
+    for piece in _utf8_pieces(_utf8(text)):
+      if isinstance(piece, bytes):
+        flush()
+        ids.append(self._byte_ids[list(piece)])
+      else:
+        texts.append(piece)
+        if len(texts) == 1024:
+          flush()
+    flush()
+    return np.concatenate(ids) if ids else np.zeros((0,), np.int32)
+
+  def _checked(self, ids) -> np.ndarray:
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+      raise GptjaxError(f'token ids must be in [0, {self.vocab_size}) for this tokenizer')
+    return ids
+
+  def decode_bytes(self, ids) -> bytes:
+    return b''.join(self.token_bytes[i] for i in self._checked(ids).tolist())
+
+  def decode(self, ids) -> str:
+    """Text of the ids; a sampled sequence that is not valid UTF-8 shows U+FFFD where it breaks."""
+    return self.decode_bytes(ids).decode('utf-8', errors='replace')
+
+  def num_bytes(self, ids) -> int:
+    """The bytes of text the ids stand for (the sum of each token's byte length)."""
+    return int(self._lengths[self._checked(ids)].sum())
+
+  def token_id(self, text: str) -> int | None:
+    """The id of a whole-token text such as '<|endoftext|>', or None."""
+    return self._tokenizer.token_to_id(text)
+
+  def to_json(self) -> str:
+    """The Hugging Face `tokenizers` file (what transformers reads as tokenizer.json)."""
+    return self._tokenizer.to_str()
+
+  def save_vocab_merges(self, directory: str) -> None:
+    """GPT-2's vocab.json + merges.txt (the BPE model alone, without added tokens)."""
+    self._tokenizer.model.save(directory)
+
+  def to_dict(self) -> dict:
+    return {'kind': self.kind, 'tokenizer': json.loads(self._tokenizer.to_str())}
+
+
+END_OF_TEXT = '<|endoftext|>'
+_CHUNK = 1 << 10  # characters per text chunk (at least): chunks are encoded in batches on all cores
+
+
+def byte_alphabet() -> dict[str, int]:
+  """GPT-2's byte-level alphabet, character -> byte: printable Latin-1 bytes stand for themselves,
+  the other 68 bytes for the characters from U+0100 on, in byte order (so every token is visible)."""
+  printable = set(range(ord('!'), ord('~') + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+  others = [b for b in range(256) if b not in printable]
+  return {**{chr(b): b for b in printable}, **{chr(0x100 + i): b for i, b in enumerate(others)}}
+
+
+def _utf8(text: str | bytes) -> bytes:
+  try:
+    return text.encode('utf-8') if isinstance(text, str) else bytes(text)
+  except UnicodeEncodeError as e:
+    raise GptjaxError(f'the text has a character UTF-8 cannot encode ({text[e.start]!r} at {e.start}); '
+                      'remove it') from None
+
+
+_NOT_UTF8 = re.compile('([\udc80-\udcff]+)')  # bytes that are not UTF-8, as surrogateescape shows them
+_LINE_START = re.compile(r'(?<=\S)\n(?=\S)')
+
+
+def _utf8_pieces(data: bytes):
+  """The valid UTF-8 text of `data` as strings of about _CHUNK characters, and the bytes between that
+  are not UTF-8 (as bytes), in order.
+
+  Text is cut only after a newline between two non-space characters: GPT-2's pre-tokenizer makes that
+  newline a token of its own whatever follows, so encoding the chunks one by one gives the ids of
+  encoding the whole text. (After a longer run of whitespace it would not: '\n\n' before a letter is
+  split in two, but one token at the end of a chunk.)
+  """
+  for i, part in enumerate(_NOT_UTF8.split(data.decode('utf-8', errors='surrogateescape'))):
+    if i % 2:
+      yield part.encode('utf-8', errors='surrogateescape')
+      continue
+    start = 0
+    while len(part) - start > _CHUNK:
+      cut = _LINE_START.search(part, start + _CHUNK)
+      if cut is None:
+        break
+      yield part[start:cut.end()]
+      start = cut.end()
+    if start < len(part):
+      yield part[start:]
+
+
 def _code_points(text: str) -> np.ndarray:
   # surrogatepass: a lone surrogate (e.g. from undecodable file names) is an unknown character,
   # not a crash in the encoder.
@@ -111,7 +307,9 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
     return CharTokenizer(d['chars'])
   if kind == 'byte':
     return ByteTokenizer()
-  raise GptjaxError(f"unknown tokenizer kind {kind!r}: expected 'char' or 'byte'")
+  if kind in ('bpe', 'gpt2'):
+    return BPETokenizer(kind, json.dumps(d['tokenizer']))
+  raise GptjaxError(f"unknown tokenizer kind {kind!r}: expected 'char', 'byte', 'bpe' or 'gpt2'")
 
 
 def save_tokenizer(tokenizer: Tokenizer, path: str) -> None:
@@ -148,8 +346,41 @@ def token_dtype(vocab_size: int):
   return np.uint16 if vocab_size < 2**16 else np.uint32
 
 
-def encode_corpus(data: bytes, tokenizer_kind: str, source: str) -> tuple[Tokenizer, np.ndarray]:
-  """Fits the tokenizer on the corpus (nanoGPT does the same) and encodes it."""
+def tokenizer_spec(kind: str, *, bpe_vocab_size: int = 0, tokenizer_path: str = '') -> dict:
+  """What a prepared corpus depends on besides its text: the tokenizer kind and its settings (for
+  'gpt2', where its files are and a sha256 of their contents). Raises if the GPT-2 files are missing."""
+  if kind == 'bpe':
+    return {'kind': kind, 'vocab_size': bpe_vocab_size}
+  if kind == 'gpt2':
+    where = os.path.abspath(tokenizer_path or '.')
+    names = ['tokenizer.json'] if os.path.isfile(os.path.join(where, 'tokenizer.json')) else \
+        ['vocab.json', 'merges.txt']
+    digest = hashlib.sha256()
+    for name in names:
+      if not os.path.isfile(os.path.join(where, name)):
+        raise GptjaxError(f'no GPT-2 tokenizer in {where}: put vocab.json and merges.txt (or tokenizer.json) '
+                          'there, or point --config.data.tokenizer_path at their directory')
+      with open(os.path.join(where, name), 'rb') as f:
+        digest.update(f.read())
+    return {'kind': kind, 'path': where, 'sha256': digest.hexdigest()}
+  return {'kind': kind}
+
+
+def encode_corpus(data: bytes, tokenizer_kind: str | dict, source: str, *,
+                  train_fraction: float = 1.0) -> tuple[Tokenizer, np.ndarray]:
+  """Makes the tokenizer for the corpus and encodes it.
+
+  tokenizer_kind: a kind or a `tokenizer_spec`. 'char' is fitted on the whole corpus (nanoGPT does
+  the same); 'bpe' is trained on its first `train_fraction` of bytes only (the training split).
+  """
+  spec = tokenizer_kind if isinstance(tokenizer_kind, dict) else tokenizer_spec(tokenizer_kind)
+  tokenizer_kind = spec['kind']
+  if tokenizer_kind == 'bpe':
+    tokenizer = BPETokenizer.train(data[:int(len(data) * train_fraction)], spec['vocab_size'])
+    return tokenizer, tokenizer.encode(data)
+  if tokenizer_kind == 'gpt2':
+    tokenizer = BPETokenizer.from_files(spec['path'])
+    return tokenizer, tokenizer.encode(data)
   if tokenizer_kind == 'byte':
     tokenizer = ByteTokenizer()
     return tokenizer, np.frombuffer(data, np.uint8)
@@ -161,21 +392,24 @@ def encode_corpus(data: bytes, tokenizer_kind: str, source: str) -> tuple[Tokeni
                         "use --config.data.tokenizer=byte for arbitrary bytes") from None
     tokenizer = CharTokenizer.fit(text)
     return tokenizer, tokenizer.encode(text)
-  raise GptjaxError(f"data.tokenizer={tokenizer_kind!r} is not a tokenizer: use 'char' or 'byte'")
+  raise GptjaxError(f"data.tokenizer={tokenizer_kind!r} is not a tokenizer: use 'char', 'byte', 'bpe' or "
+                    "'gpt2'")
 
 
-def find_prepared(out_dir: str, digest: str, tokenizer_kind: str, val_fraction: float) -> dict | None:
-  """The metadata of out_dir if it holds this corpus (by sha256) prepared the same way, else None."""
+def find_prepared(out_dir: str, digest: str, tokenizer_kind: str | dict, val_fraction: float) -> dict | None:
+  """The metadata of out_dir if it holds this corpus (by sha256) prepared the same way (tokenizer
+  kind or `tokenizer_spec`, split), else None."""
   if not os.path.exists(os.path.join(out_dir, 'meta.json')):
     return None
   meta = read_meta(out_dir)
-  same = (meta.get('source_sha256') == digest and meta['tokenizer']['kind'] == tokenizer_kind
-          and meta.get('val_fraction') == val_fraction)
+  spec = tokenizer_kind if isinstance(tokenizer_kind, dict) else {'kind': tokenizer_kind}
+  same = (meta.get('source_sha256') == digest and meta.get('val_fraction') == val_fraction
+          and meta.get('tokenizer_spec', {'kind': meta['tokenizer']['kind']}) == spec)
   return meta if same else None
 
 
 def write_prepared(out_dir: str, tokenizer: Tokenizer, ids: np.ndarray, *, val_fraction: float,
-                   source: str, digest: str) -> dict:
+                   source: str, digest: str, spec: dict | None = None) -> dict:
   """Writes out_dir/{train.bin,val.bin,meta.json}: the first (1 - val_fraction) of the tokens is the
   training split, the rest validation. Each file is written atomically, meta.json last."""
   dtype = token_dtype(tokenizer.vocab_size)
@@ -186,21 +420,22 @@ def write_prepared(out_dir: str, tokenizer: Tokenizer, ids: np.ndarray, *, val_f
   meta = {'tokenizer': tokenizer.to_dict(), 'vocab_size': tokenizer.vocab_size,
           'dtype': np.dtype(dtype).name, 'train_tokens': len(splits['train']),
           'val_tokens': len(splits['val']), 'val_fraction': val_fraction, 'source': source,
-          'source_sha256': digest}
+          'source_sha256': digest, 'tokenizer_spec': spec or {'kind': tokenizer.kind}}
   atomic_write(os.path.join(out_dir, 'meta.json'), json.dumps(meta, ensure_ascii=False, indent=1))
   return meta
 
 
-def prepare(data: bytes, out_dir: str, tokenizer_kind: str, val_fraction: float, source: str) -> dict:
+def prepare(data: bytes, out_dir: str, tokenizer_kind: str | dict, val_fraction: float, source: str) -> dict:
   """Encodes `data` into out_dir (reusing it if it already holds the same corpus); returns the metadata."""
   digest = hashlib.sha256(data).hexdigest()
-  meta = find_prepared(out_dir, digest, tokenizer_kind, val_fraction)
+  spec = tokenizer_kind if isinstance(tokenizer_kind, dict) else tokenizer_spec(tokenizer_kind)
+  meta = find_prepared(out_dir, digest, spec, val_fraction)
   if meta is None:
     if not data:
       raise GptjaxError(f'{source} is empty: give a text file with some content')
-    tokenizer, ids = encode_corpus(data, tokenizer_kind, source)
+    tokenizer, ids = encode_corpus(data, spec, source, train_fraction=1 - val_fraction)
     meta = write_prepared(out_dir, tokenizer, ids, val_fraction=val_fraction, source=source,
-                          digest=digest)
+                          digest=digest, spec=spec)
   return meta
 
 

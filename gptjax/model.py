@@ -42,6 +42,7 @@ class GPTConfig:
   n_embd: int = 768
   dropout: float = 0.0
   bias: bool = True  # biases in Dense layers and LayerNorms, and b_O in the output head
+  head_bias: bool = True  # b_O in the output head (only where `bias` is on); GPT-2 has none
   tie_embeddings: bool = False  # W_O = E^T (the token embedding read backwards)
   pos_encoding: str = 'learned'  # 'learned' (a table P) or 'sinusoidal' (fixed, Vaswani et al.)
   causal: bool = True  # False gives bidirectional attention (for a masked-LM objective)
@@ -210,11 +211,12 @@ class GPT(nn.Module):
     self.h = [Block(c, name=f'h_{i}') for i in range(c.n_layer)]
     self.ln_f = layer_norm(c)
     if c.tie_embeddings:
-      if c.bias:
+      if c.bias and c.head_bias:
         self.b_O = self.param('lm_head_bias', _named(nn.initializers.zeros, 'vocab'), (c.vocab_size,),
                               c.param_dtype)
     else:
-      self.lm_head = nn.Dense(c.vocab_size, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
+      self.lm_head = nn.Dense(c.vocab_size, use_bias=c.bias and c.head_bias, dtype=c.dtype,
+                              param_dtype=c.param_dtype,
                               kernel_init=_named(nn.initializers.normal(0.02), 'embed', 'vocab'),
                               bias_init=_named(nn.initializers.zeros, 'vocab'))  # W_O, b_O
 
@@ -261,7 +263,7 @@ class GPT(nn.Module):
 
     if c.tie_embeddings:
       logits = self.wte.attend(x)  # h E^T
-      if c.bias:
+      if c.bias and c.head_bias:
         logits = logits + self.b_O
     else:
       logits = self.lm_head(x)  # h W_O + b_O

@@ -39,7 +39,7 @@ from gptjax import checkpoint as ckpt_lib
 from gptjax import config as config_lib
 from gptjax import data as data_lib
 from gptjax import metrics as metrics_lib
-from gptjax import objectives, parallel
+from gptjax import objectives, parallel, pretrained
 from gptjax.errors import GptjaxError
 from gptjax.model import GPT, GPTConfig, count_params, init_params, param_axes
 
@@ -70,20 +70,22 @@ def make_optimizer(tc: ml_collections.ConfigDict):
 
 
 def init_state(model_config: GPTConfig, tx: optax.GradientTransformation, seed: int,
-               shardings: TrainState | None = None) -> TrainState:
+               shardings: TrainState | None = None, params: dict | None = None) -> TrainState:
   """Fresh parameters and optimizer state, a pure function of (model_config, seed).
 
   shardings (a TrainState of shardings, see `state_axes`) creates every leaf directly in its place,
   e.g. split over an FSDP mesh, never whole on one device; the values do not depend on it.
+  params: start from these parameters instead (already placed by shardings.params, if given).
   """
 
-  def init():
+  def init(params):
     params_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
-    params = init_params(model_config, params_rng)
+    if params is None:
+      params = init_params(model_config, params_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=dropout_rng)
 
-  return jax.jit(init, out_shardings=shardings)()
+  return jax.jit(init, out_shardings=shardings)(params)
 
 
 def state_axes(model_config: GPTConfig, tx: optax.GradientTransformation) -> TrainState:
@@ -170,11 +172,12 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Corpus:
   else:
     raw, source = data_lib.stdlib_corpus(d.max_bytes), f'python-stdlib-{sys.version.split()[0]}'
   data_dir = os.path.join(workdir, 'data')
+  spec = data_lib.tokenizer_spec(d.tokenizer, bpe_vocab_size=d.bpe_vocab_size, tokenizer_path=d.tokenizer_path)
   staged = None
-  if data_lib.find_prepared(data_dir, hashlib.sha256(raw).hexdigest(), d.tokenizer, d.val_fraction) is None:
+  if data_lib.find_prepared(data_dir, hashlib.sha256(raw).hexdigest(), spec, d.val_fraction) is None:
     staged = data_dir = tempfile.mkdtemp(prefix='gptjax-data-')
   try:
-    meta = data_lib.prepare(raw, data_dir, d.tokenizer, d.val_fraction, source)
+    meta = data_lib.prepare(raw, data_dir, spec, d.val_fraction, source)
     splits = {s: data_lib.load_split(data_dir, s) for s in ('train', 'val')}
     need = config.train.seq_len + 1
     for name, split in splits.items():
@@ -250,7 +253,9 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, restore_step: int | 
   corpus = prepare_data(config, workdir)
   checkpointer = None
   try:
-    model_config = config_lib.model_config(config, corpus.tokenizer.vocab_size)
+    tc = config.train
+    model_config = (pretrained.model_config(tc.init_from, config, corpus.tokenizer) if tc.init_from
+                    else config_lib.model_config(config, corpus.tokenizer.vocab_size))
     check_resumable(workdir, model_config, corpus.tokenizer)
     layout = parallel.make_layout(config.parallel, devices)
     tx, schedule = make_optimizer(config.train)
@@ -266,7 +271,9 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, restore_step: int | 
     if restore_step is not None and restore_step not in steps:
       raise GptjaxError(f'no checkpoint at step {restore_step} in {ckpt_dir}; there are {steps}')
     start = restore_step if restore_step is not None else (steps[-1] if steps else None)
-    if start is None:
+    if start is None and tc.init_from:  # parameters only: the optimizer and the step start fresh
+      state = _init_from(tc.init_from, model_config, tx, config.seed, shardings)
+    elif start is None:
       state = init_state(model_config, tx, config.seed, shardings)
     else:
       target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
@@ -278,6 +285,15 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, restore_step: int | 
     raise
   return Setup(config, model_config, corpus, layout, tx, schedule, shardings, state, start,
                [s for s in steps if start is not None and s > start], checkpointer)
+
+
+def _init_from(path: str, model_config: GPTConfig, tx, seed: int, shardings: TrainState) -> TrainState:
+  """A fresh state whose parameters are those of `path` (`pretrained.load_params`), each array put
+  straight into its shards (every process reads the file and keeps its own shards)."""
+  loaded = pretrained.load_params(path, model_config)  # numpy, on the host
+  params = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
+                        loaded, shardings.params)
+  return init_state(model_config, tx, seed, shardings, params=params)
 
 
 def _restore(checkpointer, step: int, target: TrainState, older: list, workdir: str) -> TrainState:
@@ -400,7 +416,8 @@ def train_loop(setup: Setup, steps: Steps, workdir: str, progress: bool = True) 
   log(f'{count_params(setup.state.params) / 1e6:.2f}M parameters, vocab {setup.model_config.vocab_size} '
       f'({corpus.tokenizer.kind}), {len(corpus.train):,} train / {len(corpus.val):,} val tokens, '
       f'{_describe(layout)}; '
-      + (f'resuming from step {step}' if setup.start is not None else 'starting from scratch'))
+      + (f'resuming from step {step}' if setup.start is not None else
+         f'starting from the parameters of {tc.init_from}' if tc.init_from else 'starting from scratch'))
   writer = metrics_lib.MetricsWriter(workdir, resume_step=setup.start) if lead else None
   state = layout.to_device(setup.state)
   eval_batches = steps.batches(corpus.val, 0, tc.eval_iters, data_lib.EVAL_STREAM) if tc.eval_iters else None

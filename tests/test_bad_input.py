@@ -79,7 +79,7 @@ TRAIN_CASES = {
                               ['holds a run with a different setup', 'model.n_layer=2 (config asks 3)',
                                'new --workdir']),
     'different tokenizer': (['--config.data.tokenizer=char'], ['tokenizer (byte, 256 ids; this data gives char']),
-    'unknown tokenizer': (['--config.data.tokenizer=bpe'], ["data.tokenizer='bpe'"]),
+    'unknown tokenizer': (['--config.data.tokenizer=wordpiece'], ["data.tokenizer='wordpiece'"]),
     'stray argument': (['extra'], ['unexpected arguments']),
     'missing config file': (['--config=configs/nope.py'], ['config file', 'does not exist']),
 }

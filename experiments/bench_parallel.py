@@ -1,12 +1,16 @@
 """pmap vs the mesh strategy: memory per device on a GPT-2-small-shaped model, and step time on this CPU.
 
 1. Memory (compiled, not run): GPT-2 small's shape (12 layers, 12 heads, 768 wide, vocab 50304,
-   1024 positions; 124M parameters) with one 1024-token row per device, one train step with
+   1024 positions; 124M parameters) with one 1024-token row per data-parallel shard, one train step with
    training's optimizer (clip + AdamW), over 1, 2, 4 and 8 fake CPU devices. Per device: the bytes
    of parameters + optimizer state the layout puts there (from the arrays' shardings), and what XLA's
    buffer assignment of the compiled step reports (`compiled.memory_analysis()`): the arguments
-   (state + batch), the temporaries (activations, gradients, collectives' buffers), and their peak.
-   pmap replicates the state on every device; FSDP (mesh data 1 x fsdp N) splits it N ways.
+   (state + batch) and the temporaries (activations, gradients, collectives' buffers); their sum
+   bounds the step's peak (the new state is written over the donated old one). XLA:CPU's own
+   `peak_memory_in_bytes` counts the argument buffers only, so it is not shown.
+   pmap replicates the state on every device; FSDP (mesh data 1 x fsdp N) splits it N ways; tensor
+   parallelism (mesh data 1 x tensor N, one row shared by the N devices) splits heads, MLP width and
+   vocabulary. Also the collectives in each compiled step, by kind.
 
 2. Step time: the Shakespeare recipe (`configs/shakespeare_char.py`, as the README's training
    table runs it) trained by the real command for --steps steps under each strategy on 1 and 2 CPU
@@ -53,8 +57,10 @@ def memory_rows():
   rows = []
   for n in N_DEVICES:
     devices = jax.devices()[:n]
-    for name, pc in (('pmap', {'strategy': 'pmap'}), ('fsdp', {'strategy': 'mesh', 'data': 1, 'fsdp': n,
-                                                               'tensor': 1})):
+    layouts = [('pmap', {'strategy': 'pmap'}), (f'mesh, fsdp {n}', {'strategy': 'mesh', 'data': 1, 'fsdp': n})]
+    if n in (2, 4):  # 12 heads: tensor 8 cannot split them
+      layouts.append((f'mesh, tensor {n}', {'strategy': 'mesh', 'data': 1, 'tensor': n}))
+    for name, pc in layouts:
       layout = parallel.make_layout(ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1, **pc}), devices)
       shardings = layout.state_shardings(axes)
       # Bytes of the state on the first device: each leaf's shard there.
@@ -63,7 +69,8 @@ def memory_rows():
           for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
       # What the training loop compiles (train_steps, here 1 step per call), compiled without running.
       step = layout.compile_train(step_fn(layout), shardings)
-      tokens = (1, n, model_config.block_size + 1)  # [steps, batch, seq + 1]: one row per device
+      # [steps, batch, seq + 1]: one row per data-parallel shard (per device but under tensor parallelism)
+      tokens = (1, layout.batch_split, model_config.block_size + 1)
       if name == 'pmap':
         per_device = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n,) + a.shape, a.dtype), abstract)
         compiled = step.lower(per_device, jax.ShapeDtypeStruct((n, 1, 1, tokens[2]), jnp.int32)).compile()
@@ -72,23 +79,28 @@ def memory_rows():
         with jax.set_mesh(layout.mesh):
           compiled = step.jitted.lower(
               placed, jax.ShapeDtypeStruct(tokens, jnp.int32, sharding=layout.batch_sharding)).compile()
-      m = compiled.memory_analysis()
+      m, text = compiled.memory_analysis(), compiled.as_text()
       rows.append({'devices': n, 'strategy': name, 'state': state_bytes, 'arguments': m.argument_size_in_bytes,
-                   'temp': m.temp_size_in_bytes, 'peak': m.peak_memory_in_bytes})
+                   'temp': m.temp_size_in_bytes, 'rows': tokens[1],
+                   'collectives': {op: text.count(f' {op}(') for op in COLLECTIVES}})
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   return rows
 
 
+COLLECTIVES = ('all-gather', 'all-reduce', 'reduce-scatter', 'all-to-all', 'collective-permute')
+
+
 def print_memory(rows):
   gb = lambda b: f'{b / 2**30:.2f}'
-  base = {r['strategy']: r['state'] for r in rows if r['devices'] == 1}
-  print('| devices | strategy | params + optimizer state per device, GiB | vs 1 device | compiled step: '
-        'arguments, GiB | temporaries, GiB | peak, GiB |')
-  print('|---|---|---|---|---|---|---|')
+  base = next(r['state'] for r in rows if r['devices'] == 1)
+  print('| devices | strategy | batch rows | params + optimizer state per device, GiB | vs 1 device | '
+        'compiled step: arguments, GiB | temporaries, GiB | peak (arguments + temporaries), GiB | '
+        'collectives in the step (' + ', '.join(COLLECTIVES) + ') |')
+  print('|---|---|---|---|---|---|---|---|---|')
   for r in rows:
-    print(f"| {r['devices']} | {'pmap' if r['strategy'] == 'pmap' else 'mesh, fsdp ' + str(r['devices'])} | "
-          f"{gb(r['state'])} | {r['state'] / base[r['strategy']]:.3f} | {gb(r['arguments'])} | {gb(r['temp'])} | "
-          f"{gb(r['peak'])} |")
+    print(f"| {r['devices']} | {r['strategy']} | {r['rows']} | {gb(r['state'])} | {r['state'] / base:.3f} | "
+          f"{gb(r['arguments'])} | {gb(r['temp'])} | {gb(r['arguments'] + r['temp'])} | "
+          + ' / '.join(str(r['collectives'][op]) for op in COLLECTIVES) + ' |')
 
 
 def run_time(data, steps, repeats):

@@ -173,12 +173,13 @@ def check_model_fits(model_config, param_axes: dict, params_shape: dict, mesh: M
     return math.prod(sizes.get(a, 1) for a in axes), ' x '.join(f'parallel.{a}' for a in axes)
 
   problems = []
-  for logical, field, value, what in (
-      ('vocab', 'model.vocab_size', c.vocab_size, 'embedding rows'),
-      ('embed', 'model.n_embd', c.n_embd, 'the model width'),
-      ('heads', 'model.n_head', c.n_head, 'attention heads'),
-      ('qkv', 'model.n_kv_head', c.kv_heads, 'key/value heads'),
-      ('mlp', '4 * model.n_embd', 4 * c.n_embd, 'the MLP width')):
+  checks = [('vocab', 'model.vocab_size', c.vocab_size, 'embedding rows'),
+            ('embed', 'model.n_embd', c.n_embd, 'the model width'),
+            ('heads', 'model.n_head', c.n_head, 'attention heads'),
+            ('mlp', '4 * model.n_embd', 4 * c.n_embd, 'the MLP width')]
+  if c.n_kv_head:  # grouped-query attention: fewer key/value heads, split the same way
+    checks.append(('heads', 'model.n_kv_head', c.n_kv_head, 'key/value heads'))
+  for logical, field, value, what in checks:
     n, axes = split(logical)
     if n > 1 and value % n:
       hint = (f'; set --config.model.vocab_size={-(-value // n) * n} (ids past the tokenizer\'s are never '

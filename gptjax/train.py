@@ -1,14 +1,21 @@
 """Training: the state, the pure step functions, and the loop that drives them.
 
-    train_and_evaluate(config, workdir)
-      data  ──batch_at(seed, step)──▶ [steps, batch, seq + 1] ──shard──▶ p_train_steps (pmap, donated state)
-      state ──every eval_interval──▶ p_eval ──▶ val_loss
-            ──every checkpoint_interval, at the end, on SIGTERM/SIGINT──▶ orbax checkpoint
-      metrics ──▶ WORKDIR/metrics.jsonl, TensorBoard, progress bar
+    train_and_evaluate(config, workdir), in four phases:
+      set_up          check the config, devices and data; build the layout (pmap, or a data x fsdp x
+                      tensor mesh: parallel.py); make the state fresh or restore it from a checkpoint
+                      of any layout straight into this one. Nothing is written yet.
+      commit_workdir  write data/, config.json, tokenizer.json (process 0; all wait)
+      build_steps     train_steps / eval_step compiled for the layout, and the batch drawer:
+                        data ──batch_at(seed, step, this host's rows)──▶ [steps, batch, seq + 1]
+      train_loop      state ──train_steps (state donated)──▶ state, losses
+                      every eval_interval ──eval_step──▶ val_loss
+                      every checkpoint_interval, at the end, on SIGTERM/SIGINT to any process ──▶
+                      orbax checkpoint, written by all processes; metrics (process 0) ──▶
+                      WORKDIR/metrics.jsonl, TensorBoard, progress bar
 
 `train_step` is one optimizer update; `train_steps` scans it over several batches so one compiled
 call does `steps_per_call` updates (per-call dispatch is a large share of a small model's step on
-CPU). Both are pure: state in, state out.
+CPU). Both are pure: state in, state out; the same function runs under every layout.
 
 Run: python -m gptjax.train --config=configs/shakespeare_char.py --workdir=runs/shakespeare
 """

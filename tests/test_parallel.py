@@ -138,6 +138,21 @@ def test_mesh_refuses_what_it_cannot_split_before_anything_runs(tmp_path, overri
   assert not workdir.exists()  # nothing written
 
 
+@pytest.mark.parametrize('variables, words', [
+    ({'JAX_NUM_PROCESSES': '2'}, ['JAX_COORDINATOR_ADDRESS and JAX_PROCESS_ID not set']),
+    ({'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': 'two', 'JAX_PROCESS_ID': '0'},
+     ["JAX_NUM_PROCESSES='two'", 'must be integers']),
+    ({'JAX_COORDINATOR_ADDRESS': '127.0.0.1:1', 'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '2'},
+     ['JAX_PROCESS_ID=2 must be in 0..1']),
+])
+def test_multi_host_variables_are_checked_before_joining(monkeypatch, variables, words):
+  for name, value in variables.items():
+    monkeypatch.setenv(name, value)
+  with pytest.raises(GptjaxError) as e:
+    parallel.initialize()
+  assert all(w in str(e.value) for w in words), str(e.value)
+
+
 def _train(workdir, steps, devices, **overrides):
   config = tiny_run_config(**{'train.max_steps': steps, 'train.decay_steps': 40, 'train.devices': devices,
                               'train.checkpoint_interval': 10, **overrides})

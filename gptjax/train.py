@@ -46,7 +46,7 @@ from gptjax import checkpoint as ckpt_lib
 from gptjax import config as config_lib
 from gptjax import data as data_lib
 from gptjax import metrics as metrics_lib
-from gptjax import objectives, parallel, pretrained
+from gptjax import objectives, parallel, pretrained, provenance
 from gptjax.errors import GptjaxError
 from gptjax.model import GPT, GPTConfig, count_params, init_params, param_axes
 
@@ -328,6 +328,8 @@ def commit_workdir(setup: Setup, workdir: str) -> None:
         shutil.rmtree(data_dir)
       shutil.move(setup.corpus.staged, data_dir)
     save_run_files(workdir, setup.config, setup.model_config, setup.corpus.tokenizer)
+    if int(setup.state.step) < setup.config.train.max_steps:  # the code and machine of this start
+      provenance.append(workdir, start_step=int(setup.state.step))
     ckpt_dir = setup.checkpointer.directory
     if setup.newer:
       aside = os.path.join(workdir, 'checkpoints.set_aside')

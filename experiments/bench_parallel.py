@@ -12,12 +12,13 @@
    parallelism (mesh data 1 x tensor N, one row shared by the N devices) splits heads, MLP width and
    vocabulary. Also the collectives in each compiled step, by kind.
 
-2. Step time: the Shakespeare recipe (`configs/shakespeare_char.py`, as the README's training
-   table runs it) trained by the real command for --steps steps under each strategy on 1 and 2 CPU
-   devices, interleaved, --repeats times; the median of each run's ms/step (metrics.jsonl, the
-   first logging window, which includes compilation, left out).
+2. Step time: the Shakespeare recipe (`configs/shakespeare_char.py`, the README's training table)
+   under each strategy on 1 and 2 CPU devices (one child process per device count): both runs are
+   set up by `train.set_up` and `train.build_steps` as `gptjax.train` sets them up, and their calls
+   (draw the batches, 10 steps, wait for the losses: the training loop's body) alternate one by one
+   (which goes first alternates too); medians over --calls calls each, after two untimed ones.
 
-  python experiments/bench_parallel.py --data=../shared/data/tinyshakespeare.txt [--repeats=3 --steps=500]
+  python experiments/bench_parallel.py --data=../shared/data/tinyshakespeare.txt [--calls=30]
   python experiments/bench_parallel.py --part=memory     # or --part=time
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,7 +63,8 @@ def memory_rows():
     if n in (2, 4):  # 12 heads: tensor 8 cannot split them
       layouts.append((f'mesh, tensor {n}', {'strategy': 'mesh', 'data': 1, 'tensor': n}))
     for name, pc in layouts:
-      layout = parallel.make_layout(ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1, **pc}), devices)
+      pc = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1, **pc})
+      layout = parallel.make_layout(pc, devices)
       shardings = layout.state_shardings(axes)
       # Bytes of the state on the first device: each leaf's shard there.
       state_bytes = sum(
@@ -75,10 +78,9 @@ def memory_rows():
         per_device = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n,) + a.shape, a.dtype), abstract)
         compiled = step.lower(per_device, jax.ShapeDtypeStruct((n, 1, 1, tokens[2]), jnp.int32)).compile()
       else:
-        placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
         with jax.set_mesh(layout.mesh):
-          compiled = step.jitted.lower(
-              placed, jax.ShapeDtypeStruct(tokens, jnp.int32, sharding=layout.batch_sharding)).compile()
+          batch = jax.ShapeDtypeStruct(tokens, jnp.int32, sharding=layout.batch_sharding)
+          compiled = step.jitted.lower(parallel.placed(abstract, shardings), batch).compile()
       m, text = compiled.memory_analysis(), compiled.as_text()
       rows.append({'devices': n, 'strategy': name, 'state': state_bytes, 'arguments': m.argument_size_in_bytes,
                    'temp': m.temp_size_in_bytes, 'rows': tokens[1],
@@ -103,55 +105,81 @@ def print_memory(rows):
           + ' / '.join(str(r['collectives'][op]) for op in COLLECTIVES) + ' |')
 
 
-def run_time(data, steps, repeats):
-  """ms/step per (strategy, devices): median over `repeats` interleaved runs of the real command."""
+def time_rows(data, calls):
+  """In a child process with n CPU devices: the real training loop's calls under both strategies,
+  alternated call by call (so load from elsewhere hits both alike); ms/step of each call."""
+  import importlib.util
+  import time
+
+  import jax
+
+  from gptjax import data as data_lib
+  from gptjax import train as T
+
+  spec = importlib.util.spec_from_file_location('recipe', os.path.join(ROOT, 'configs', 'shakespeare_char.py'))
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  runs = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for strategy in ('pmap', 'mesh'):
+      config = recipe.get_config()
+      config.data.path, config.parallel.strategy = data, strategy
+      setup = T.set_up(config, os.path.join(tmp, strategy))  # writes nothing there
+      steps = T.build_steps(setup)
+      runs[strategy] = [setup, steps, setup.layout.to_device(setup.state)]
+    per_call = setup.config.train.steps_per_call
+    times = {s: [] for s in runs}
+    for i in range(calls + 2):  # the first two calls of each: compilation and warm-up, not timed
+      for strategy in ('pmap', 'mesh') if i % 2 else ('mesh', 'pmap'):  # either may go first
+        setup, steps, state = run = runs[strategy]
+        t0 = time.perf_counter()
+        # The loop's body: draw this call's batches, run them, wait for the losses.
+        batch = steps.batches(setup.corpus.train, i * per_call, per_call, data_lib.TRAIN_STREAM)
+        state, metrics = steps.train(state, batch)
+        setup.layout.read(metrics['loss'])
+        run[2] = state
+        if i >= 2:
+          times[strategy].append(1e3 * (time.perf_counter() - t0) / per_call)
+    for setup, _, _ in runs.values():
+      setup.checkpointer.close()
+      shutil.rmtree(setup.corpus.staged)  # the data set_up prepared outside the (unused) workdir
+  return {'devices': jax.device_count(), 'ms_per_step': times, 'tokens_per_step':
+          setup.config.train.batch_size * setup.config.train.seq_len}
+
+
+def print_time(results):
   import numpy as np
-
-  from gptjax.metrics import read_jsonl
-
-  contenders = [(s, n) for n in (1, 2) for s in ('pmap', 'mesh')]
-  results = {c: [] for c in contenders}
-  for r in range(repeats):
-    for strategy, n in contenders:
-      with tempfile.TemporaryDirectory() as workdir:
-        env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={n}'}
-        subprocess.run([sys.executable, '-m', 'gptjax.train', '--config=configs/shakespeare_char.py',
-                        f'--config.data.path={data}', f'--workdir={workdir}', f'--config.train.max_steps={steps}',
-                        f'--config.parallel.strategy={strategy}', '--config.train.eval_iters=0',
-                        '--config.train.checkpoint_interval=100000', '--noprogress'],
-                       check=True, cwd=ROOT, env=env, capture_output=True)
-        windows = [rec['ms_per_step'] for rec in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-                   if 'ms_per_step' in rec]
-        results[strategy, n].append(float(np.mean(windows)))
-        print(f'repeat {r}: {strategy} on {n}: {results[strategy, n][-1]:.2f} ms/step', file=sys.stderr, flush=True)
-  print(f'| devices | strategy | ms/step (median of {repeats}) | tokens/s | mesh vs pmap |')
+  calls = len(results[0]['ms_per_step']['pmap'])
+  print(f'| devices | strategy | ms/step (median of {calls} calls of 10 steps) | tokens/s | pmap / mesh time |')
   print('|---|---|---|---|---|')
-  for strategy, n in contenders:
-    ms = float(np.median(results[strategy, n]))
-    pmap_ms = float(np.median(results['pmap', n]))
-    print(f'| {n} | {strategy} | {ms:.1f} | {12 * 64 / ms * 1e3:,.0f} | {pmap_ms / ms:.2f}x |')
+  for r in results:
+    med = {s: float(np.median(t)) for s, t in r['ms_per_step'].items()}
+    for strategy, ms in med.items():
+      print(f"| {r['devices']} | {strategy} | {ms:.1f} | {r['tokens_per_step'] / ms * 1e3:,.0f} | "
+            f"{med['pmap'] / ms:.2f}x |")
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--part', choices=('memory', 'time', 'both'), default='both')
   parser.add_argument('--data', default='data/tinyshakespeare.txt')
-  parser.add_argument('--steps', type=int, default=500)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--calls', type=int, default=30)
+  parser.add_argument('--child', choices=('memory', 'time'), help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args.memory_child:
-    print(json.dumps(memory_rows()))
+  if args.child:
+    print(json.dumps(memory_rows() if args.child == 'memory' else time_rows(args.data, args.calls)))
     return
-  print(subprocess.run(['lscpu'], capture_output=True, text=True).stdout.split('Model name:')[1].splitlines()[0].strip()
-        + f', {os.cpu_count()} cores')
+  cpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout.split('Model name:')[1].splitlines()[0]
+  print(f'{cpu.strip()}, {os.cpu_count()} cores')
+  child = lambda part, n, *extra: json.loads(subprocess.run(
+      [sys.executable, __file__, f'--child={part}', *extra], check=True, cwd=ROOT, stdout=subprocess.PIPE,
+      text=True, env={**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={n}'}
+  ).stdout.strip().splitlines()[-1])
   if args.part in ('memory', 'both'):
-    env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
-    out = subprocess.run([sys.executable, __file__, '--memory-child'], check=True, env=env, cwd=ROOT,
-                         stdout=subprocess.PIPE, text=True).stdout
-    print_memory(json.loads(out.strip().splitlines()[-1]))
+    print_memory(child('memory', 8))
   if args.part in ('time', 'both'):
-    run_time(os.path.abspath(args.data), args.steps, args.repeats)
+    print_time([child('time', n, f'--data={os.path.abspath(args.data)}', f'--calls={args.calls}')
+                for n in (1, 2)])
 
 
 if __name__ == '__main__':

@@ -115,13 +115,6 @@ def run_devices(n_local: int = 0) -> list:
   return [d for p in sorted(by_process) for d in by_process[p][:n]]
 
 
-def any_process(flag: bool) -> bool:
-  """True on every process if `flag` is True on any (a collective: every process must call it)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
-
-
 def max_over_processes(value: int) -> int:
   """The largest `value` of all processes (a collective: every process must call it)."""
   if jax.process_count() == 1:
@@ -154,6 +147,12 @@ def mesh_shape(pc, n_devices: int) -> tuple[int, int, int]:
     raise GptjaxError(f'{named} make a mesh of {known} devices but the run has {n_devices}; make their '
                       'product match, or set one of them to -1')
   return tuple(sizes)
+
+
+def placed(abstract, shardings):
+  """jax.ShapeDtypeStructs of `abstract` (shapes and dtypes) carrying `shardings`: a target to
+  restore or compile into."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 def mesh_axes_of(logical: str) -> tuple[str, ...]:

@@ -283,8 +283,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, restore_step: int | 
     elif start is None:
       state = init_state(model_config, tx, config.seed, shardings)
     else:
-      target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-      state = _restore(checkpointer, start, target, older=[s for s in steps if s < start], workdir=workdir)
+      state = _restore(checkpointer, start, parallel.placed(abstract, shardings),
+                       older=[s for s in steps if s < start], workdir=workdir)
   except BaseException:
     if checkpointer is not None:
       checkpointer.close()
@@ -459,7 +459,8 @@ def train_loop(setup: Setup, steps: Steps, workdir: str, progress: bool = True) 
       while step < tc.max_steps:
         end = _next_boundary(step, tc)
         t0 = time.perf_counter()
-        state, metrics = steps.train(state, steps.batches(corpus.train, step, end - step, data_lib.TRAIN_STREAM))
+        batch = steps.batches(corpus.train, step, end - step, data_lib.TRAIN_STREAM)
+        state, metrics = steps.train(state, batch)
         losses = layout.read(metrics['loss'])  # [steps]; waits for the call
         elapsed = time.perf_counter() - t0
         if end - step in compiled_lengths:  # the first call of a shape includes compilation

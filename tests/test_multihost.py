@@ -99,7 +99,8 @@ def two_process_envs(launcher):
 
 
 def losses(workdir):
-  return [(r['step'], r.get('train_loss'), r.get('val_loss')) for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))]
+  records = read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  return [(r['step'], r.get('train_loss'), r.get('val_loss')) for r in records]
 
 
 def checkpoint_steps(workdir):
@@ -136,7 +137,8 @@ def two_processes(tmp_path_factory):
 
 
 @pytest.mark.parametrize('strategy, launcher', [('pmap', 'jax'), ('mesh', 'slurm')])
-def test_two_processes_train_as_one_process_with_as_many_devices(strategy, launcher, one_process, two_processes):
+def test_two_processes_train_as_one_process_with_as_many_devices(strategy, launcher, one_process,
+                                                                 two_processes):
   """JAX_* variables for pmap and SLURM's (through jax.distributed.initialize's own detection) for
   the mesh: each way the two processes find each other and train as one."""
   workdir, results = two_processes(strategy, launcher)

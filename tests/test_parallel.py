@@ -63,7 +63,8 @@ def test_mesh_matches_one_device(shape):
   shardings = layout.state_shardings(T.state_axes(CONFIG, tx))
   step = layout.compile_train(functools.partial(T.train_steps, model=GPT(CONFIG), tx=tx, axis_name=None),
                               shardings)
-  state, metrics = step(T.init_state(CONFIG, tx, seed=0, shardings=shardings), layout.put_batch(_batches(), BATCH))
+  state = T.init_state(CONFIG, tx, seed=0, shardings=shardings)
+  state, metrics = step(state, layout.put_batch(_batches(), BATCH))
   losses = layout.read(metrics['loss'])
   want_losses, want_params = _one_device()
   # Same global batches and initial values; only float32 summation order differs (partial sums
@@ -94,11 +95,13 @@ def test_fsdp_splits_parameters_and_optimizer_state():
   axes = T.state_axes(CONFIG, tx)
   is_spec = lambda x: isinstance(x, PartitionSpec)
   for tree, names in ((state.params, axes.params), (mu, axes.params), (nu, axes.params)):
-    for (path, x), spec in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(names, is_leaf=is_spec)):
+    specs = jax.tree.leaves(names, is_leaf=is_spec)
+    for (path, x), spec in zip(jax.tree_util.tree_leaves_with_path(tree), specs):
       per_device = {s.data.size for s in x.addressable_shards}
       # Every array with a model-width dimension is split 8 ways; the rest (biases of the qkv, MLP
       # and vocabulary widths) are tensor-parallel axes, whole on each device when tensor = 1.
-      assert per_device == {x.size // 8 if 'embed' in spec else x.size}, (jax.tree_util.keystr(path), per_device)
+      want = x.size // 8 if 'embed' in spec else x.size
+      assert per_device == {want}, (jax.tree_util.keystr(path), per_device)
   leaves = jax.tree.leaves((state.params, state.opt_state))
   whole = sum(x.nbytes for x in leaves)
   on_device0 = sum(s.data.nbytes for x in leaves for s in x.addressable_shards if s.device == jax.devices()[0])
@@ -124,7 +127,8 @@ def test_every_parameter_has_logical_axis_names():
      ['model.vocab_size=257 (embedding rows) is not divisible by parallel.tensor=2',
       '--config.model.vocab_size=258']),
     ({'parallel.fsdp': 3}, ['parallel.fsdp=3', 'cannot fill the 8 devices']),
-    ({'parallel.data': 2, 'parallel.fsdp': 2, 'parallel.tensor': 1}, ['make a mesh of 4 devices but the run has 8']),
+    ({'parallel.data': 2, 'parallel.fsdp': 2, 'parallel.tensor': 1},
+     ['make a mesh of 4 devices but the run has 8']),
 ])
 def test_mesh_refuses_what_it_cannot_split_before_anything_runs(tmp_path, overrides, words):
   config = tiny_run_config(**{'parallel.strategy': 'mesh', **overrides})
@@ -157,7 +161,8 @@ def _train(workdir, steps, devices, **overrides):
   config = tiny_run_config(**{'train.max_steps': steps, 'train.decay_steps': 40, 'train.devices': devices,
                               'train.checkpoint_interval': 10, **overrides})
   T.train_and_evaluate(config, str(workdir), progress=False)
-  return [(r['step'], r.get('train_loss'), r.get('val_loss')) for r in read_jsonl(str(workdir / 'metrics.jsonl'))]
+  records = read_jsonl(str(workdir / 'metrics.jsonl'))
+  return [(r['step'], r.get('train_loss'), r.get('val_loss')) for r in records]
 
 
 def test_checkpoints_move_between_strategies_and_device_counts(tmp_path):

@@ -45,6 +45,7 @@ RULES = (
     ('heads', 'tensor'),  # attention output rows (n_head * head_dim)
     ('mlp', 'tensor'),  # the MLP's hidden width
     ('position', None),  # the learned position table's rows
+    ('head_dim', None),  # within a head (QK-norm's gains): never split
 )
 
 
@@ -175,7 +176,8 @@ def check_model_fits(model_config, param_axes: dict, params_shape: dict, mesh: M
   checks = [('vocab', 'model.vocab_size', c.vocab_size, 'embedding rows'),
             ('embed', 'model.n_embd', c.n_embd, 'the model width'),
             ('heads', 'model.n_head', c.n_head, 'attention heads'),
-            ('mlp', '4 * model.n_embd', 4 * c.n_embd, 'the MLP width')]
+            ('mlp', 'model.mlp_hidden' if c.mlp_hidden else f'the {c.mlp} MLP width', c.mlp_width,
+             'the MLP width' if c.mlp_hidden else 'model.mlp_hidden sets it')]
   if c.n_kv_head:  # grouped-query attention: fewer key/value heads, split the same way
     checks.append(('heads', 'model.n_kv_head', c.n_kv_head, 'key/value heads'))
   for logical, field, value, what in checks:
@@ -313,12 +315,13 @@ class MeshLayout:
     return jax.make_array_from_process_local_data(self.batch_sharding, rows, shape)
 
   def compile_train(self, fn, state_shardings):
-    return self._jit(fn, (state_shardings, self.batch_sharding), (state_shardings, self.replicated), (0,))
+    return self.jit(fn, (state_shardings, self.batch_sharding), (state_shardings, self.replicated), (0,))
 
   def compile_eval(self, fn, param_shardings):
-    return self._jit(fn, (param_shardings, self.batch_sharding), self.replicated, ())
+    return self.jit(fn, (param_shardings, self.batch_sharding), self.replicated)
 
-  def _jit(self, fn, in_shardings, out_shardings, donate):
+  def jit(self, fn, in_shardings, out_shardings, donate=()):
+    """jax.jit of fn over this mesh, traced under RULES (for the model's activation names)."""
     def with_rules(*args):  # model code's nn.with_logical_constraint reads the rules while tracing
       with nn.logical_axis_rules(RULES):
         return fn(*args)

@@ -22,6 +22,7 @@ Run: python -m gptjax.train --config=configs/shakespeare_char.py --workdir=runs/
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -108,24 +109,26 @@ def state_axes(model_config: GPTConfig, tx: optax.GradientTransformation) -> Tra
 
 
 def train_step(state: TrainState, tokens: jax.Array, *, model: GPT, tx, skip_nonfinite: bool = False,
-               axis_name: str | None = parallel.AXIS):
+               objective: objectives.Objective = objectives.NEXT_TOKEN, axis_name: str | None = parallel.AXIS):
   """One update on this device's shard tokens [batch, seq + 1]; grads averaged over `axis_name`.
 
   Returns (new state, metrics {'loss', 'grad_norm'}). With skip_nonfinite, an update whose loss or
   gradient is NaN/Inf is dropped (the step counter still advances past its batch).
   """
-  inputs, targets = objectives.next_token_split(tokens)
   rng = jax.random.fold_in(state.rng, state.step)
+  inputs, targets, weights = objectives.examples(objective, tokens, rng,
+                                                 objectives.shard_rows(tokens.shape[0], axis_name))
+  scale = objectives.shard_loss_scale(weights, axis_name)
   if axis_name is not None:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
   def loss_fn(params):
     logits = model.apply({'params': params}, inputs, deterministic=model.config.dropout == 0.0,
                          rngs={'dropout': rng})
-    return objectives.cross_entropy(logits, targets)[0]
+    return objectives.cross_entropy(logits, targets, weights)[0] * scale
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  if axis_name is not None:  # every shard has the same number of targets: the mean of means is exact
+  if axis_name is not None:  # scaled so that the mean of the shards' means is the global batch's mean
     loss, grads = jax.lax.pmean((loss, grads), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -143,18 +146,22 @@ def train_steps(state: TrainState, tokens: jax.Array, **step_kwargs):
   return jax.lax.scan(functools.partial(train_step, **step_kwargs), state, tokens)
 
 
-def eval_step(params, tokens: jax.Array, *, model: GPT, axis_name: str | None = parallel.AXIS):
-  """Summed next-token NLL and target count over tokens [n_batches, batch, seq + 1] (psum'd)."""
+def eval_step(params, tokens: jax.Array, *, model: GPT, objective: objectives.Objective = objectives.NEXT_TOKEN,
+              axis_name: str | None = parallel.AXIS):
+  """Summed NLL, target count and correct argmax predictions over tokens [n_batches, batch, seq + 1]
+  (psum'd). Under mlm, batch i is corrupted with the fixed key fold_in(EVAL_CORRUPTION_SEED, i)."""
+  rows = objectives.shard_rows(tokens.shape[1], axis_name)
+  eval_key = jax.random.PRNGKey(objectives.EVAL_CORRUPTION_SEED)
 
-  def one(carry, batch):
-    inputs, targets = objectives.next_token_split(batch)
-    _, (total, count) = objectives.cross_entropy(model.apply({'params': params}, inputs), targets)
-    return (carry[0] + total, carry[1] + count), None
+  def one(carry, indexed_batch):
+    i, batch = indexed_batch
+    inputs, targets, weights = objectives.examples(objective, batch, jax.random.fold_in(eval_key, i), rows)
+    logits = model.apply({'params': params}, inputs)
+    _, (total, count) = objectives.cross_entropy(logits, targets, weights)
+    return (carry[0] + total, carry[1] + count, carry[2] + objectives.correct(logits, targets, weights)), None
 
-  (total, count), _ = jax.lax.scan(one, (jnp.zeros(()), jnp.zeros(())), tokens)
-  if axis_name is not None:
-    total, count = jax.lax.psum((total, count), axis_name)
-  return total, count
+  sums, _ = jax.lax.scan(one, (jnp.zeros(()),) * 3, (jnp.arange(tokens.shape[0]), tokens))
+  return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +202,10 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Corpus:
   except BaseException:
     _discard(staged)
     raise
-  return Corpus(data_lib.tokenizer_from_dict(meta['tokenizer']), splits['train'], splits['val'], staged)
+  tokenizer = data_lib.tokenizer_from_dict(meta['tokenizer'])
+  if config.train.objective == 'mlm':  # the run's tokenizer has a [MASK] token; the data files never hold it
+    tokenizer = data_lib.with_mask_token(tokenizer)
+  return Corpus(tokenizer, splits['train'], splits['val'], staged)
 
 
 def _discard(staged: str | None) -> None:
@@ -208,8 +218,8 @@ def check_resumable(workdir: str, model_config: GPTConfig, tokenizer) -> None:
   saved_config = os.path.join(workdir, 'config.json')
   if not os.path.exists(saved_config):
     return
-  with open(saved_config, encoding='utf-8') as f:
-    saved = json.load(f).get('model', {})
+  with open(saved_config, encoding='utf-8') as f:  # a field older runs lack had its default value
+    saved = {**{f.name: f.default for f in dataclasses.fields(GPTConfig)}, **json.load(f).get('model', {})}
   now = model_config.__dict__
   differ = [f'model.{k}={saved[k]!r} (config asks {now[k]!r})' for k in now
             if k in saved and saved[k] != now[k]]
@@ -346,8 +356,9 @@ def commit_workdir(setup: Setup, workdir: str) -> None:
 class Steps(NamedTuple):
   """The compiled calls of a run, for its layout."""
   train: Callable  # (state, tokens) -> (state, metrics [steps]): train_steps, state donated
-  evaluate: Callable  # (params, tokens) -> (summed NLL, target count)
+  evaluate: Callable  # (params, tokens) -> (summed NLL, target count, correct predictions)
   batches: Callable  # (ids, first step, n steps, stream) -> this process's rows, placed for the call
+  objective: objectives.Objective  # what train and evaluate score (next-token or masked-LM)
 
 
 def build_steps(setup: Setup) -> Steps:
@@ -355,9 +366,10 @@ def build_steps(setup: Setup) -> Steps:
   function that draws each call's batches: this process's rows only, placed on its devices."""
   layout, tc = setup.layout, setup.config.train
   model = GPT(setup.model_config)
+  objective = objectives.for_run(tc, setup.corpus.tokenizer)
   step_fn = functools.partial(train_steps, model=model, tx=setup.tx, skip_nonfinite=tc.nan_policy == 'skip',
-                              axis_name=layout.axis_name)
-  eval_fn = functools.partial(eval_step, model=model, axis_name=layout.axis_name)
+                              objective=objective, axis_name=layout.axis_name)
+  eval_fn = functools.partial(eval_step, model=model, objective=objective, axis_name=layout.axis_name)
   rows = layout.host_rows(tc.batch_size)
 
   def batches(ids, first_step: int, n_steps: int, stream: int):
@@ -367,7 +379,7 @@ def build_steps(setup: Setup) -> Steps:
     return layout.put_batch(local, tc.batch_size)
 
   return Steps(layout.compile_train(step_fn, setup.shardings),
-               layout.compile_eval(eval_fn, setup.shardings.params), batches)
+               layout.compile_eval(eval_fn, setup.shardings.params), batches, objective)
 
 
 class _StopRequest:
@@ -433,8 +445,12 @@ def train_loop(setup: Setup, steps: Steps, workdir: str, progress: bool = True) 
   saved = set()
 
   def evaluate():
-    total, count = steps.evaluate(state.params, eval_batches)
-    return float(layout.read(total)) / float(layout.read(count))
+    """{'val_loss'} (mean NLL of the scored targets), and under mlm 'val_accuracy' (argmax = target)."""
+    total, count, correct = (float(layout.read(x)) for x in steps.evaluate(state.params, eval_batches))
+    result = {'val_loss': total / max(count, 1.0)}
+    if steps.objective.kind == 'mlm':
+      result['val_accuracy'] = correct / max(count, 1.0)
+    return result
 
   def save(at_step):
     if at_step not in saved:
@@ -443,10 +459,11 @@ def train_loop(setup: Setup, steps: Steps, workdir: str, progress: bool = True) 
 
   last = {}
   if step == 0 and tc.eval_iters:
-    last = {'val_loss': evaluate()}
+    last = evaluate()
     if writer:
       writer.write(0, **last)
-    log(f'step 0: val loss {last["val_loss"]:.4f}')
+    log(f'step 0: val loss {last["val_loss"]:.4f}'
+        + (f', val accuracy {last["val_accuracy"]:.4f}' if 'val_accuracy' in last else ''))
   if step >= tc.max_steps:
     log(f'{workdir} is already trained to step {step} (train.max_steps={tc.max_steps})')
 
@@ -489,7 +506,7 @@ def train_loop(setup: Setup, steps: Steps, workdir: str, progress: bool = True) 
             record['ms_per_step'] = 1e3 * window_time / window_steps
           window_losses, window_time, window_steps = [], 0.0, 0
         if tc.eval_iters and (step % tc.eval_interval == 0 or step == tc.max_steps):
-          record['val_loss'] = evaluate()
+          record.update(evaluate())
         if record:
           last.update(record)
           if writer:

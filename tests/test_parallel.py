@@ -5,16 +5,17 @@ checkpoints that move between strategies and device counts."""
 import functools
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import pytest
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from conftest import tiny_run_config
-from gptjax import parallel
+from gptjax import objectives, parallel
 from gptjax import train as T
 from gptjax.config import resolve
 from gptjax.errors import GptjaxError
@@ -110,15 +111,51 @@ def test_fsdp_splits_parameters_and_optimizer_state():
   assert whole / 8 < on_device0 < 0.15 * whole
 
 
-def test_every_parameter_has_logical_axis_names():
-  for config in (CONFIG, GPTConfig(vocab_size=32, block_size=16, n_layer=1, n_head=4, n_embd=32,
-                                   tie_embeddings=True, pos_encoding='sinusoidal', n_kv_head=2)):
-    params, axes = init_params(config, jax.random.PRNGKey(0)), param_axes(config)
-    is_spec = lambda x: isinstance(x, PartitionSpec)
-    assert jax.tree.structure(axes, is_leaf=is_spec) == jax.tree.structure(params)
-    for names, p in zip(jax.tree.leaves(axes, is_leaf=is_spec), jax.tree.leaves(params)):
-      assert len(names) == p.ndim and all(parallel.mesh_axes_of(n) or n == 'position' for n in names)
-      assert type(p) is jax.Array or isinstance(p, jax.Array)  # plain arrays: no boxes leak out
+@pytest.mark.parametrize('options', [
+    {},
+    {'tie_embeddings': True, 'pos_encoding': 'sinusoidal', 'n_kv_head': 2},  # lm_head_bias alone
+    {'head_bias': False},
+    {'tie_embeddings': True, 'head_bias': False},
+    # Llama-style: RMSNorm scales, SwiGLU's c_gate, QK-norm's q_norm / k_norm, no biases.
+    {'pos_encoding': 'rope', 'norm': 'rmsnorm', 'mlp': 'swiglu', 'qk_norm': True, 'bias': False},
+    {'norm': 'rmsnorm', 'qk_norm': True, 'n_kv_head': 2, 'mlp_hidden': 48},
+])
+def test_every_parameter_has_logical_axis_names(options):
+  config = GPTConfig(vocab_size=32, block_size=16, n_layer=1, n_head=4, n_embd=32, **options)
+  params, axes = init_params(config, jax.random.PRNGKey(0)), param_axes(config)
+  is_spec = lambda x: isinstance(x, PartitionSpec)
+  assert jax.tree.structure(axes, is_leaf=is_spec) == jax.tree.structure(params)
+  ruled = {name for name, _ in parallel.RULES}
+  for (path, names), p in zip(jax.tree_util.tree_leaves_with_path(axes, is_leaf=is_spec), jax.tree.leaves(params)):
+    # One name per dimension, each one RULES decides on (split over a mesh axis, or kept whole).
+    assert len(names) == p.ndim and set(names) <= ruled, (jax.tree_util.keystr(path), names, p.shape)
+    assert isinstance(p, jax.Array)  # plain arrays: no boxes leak out
+
+
+def test_llama_style_gradients_on_the_mesh_match_one_device():
+  """RoPE, RMSNorm, SwiGLU (c_gate), QK-norm (q_norm, k_norm) and grouped-query attention, split over
+  data 2 x fsdp 2 x tensor 2: the loss and every gradient equal one device's."""
+  config = GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, bias=False,
+                     pos_encoding='rope', norm='rmsnorm', mlp='swiglu', qk_norm=True)
+  layout, model = _mesh(2, 2, 2), GPT(config)
+  tokens = _batches()[0]  # [16, 17]
+  params = init_params(config, jax.random.PRNGKey(0))
+
+  def loss_and_grads(params, tokens):
+    loss_fn = lambda p: objectives.cross_entropy(model.apply({'params': p}, tokens[:, :-1]), tokens[:, 1:])[0]
+    return jax.value_and_grad(loss_fn)(params)
+
+  want = jax.jit(loss_and_grads)(params, tokens)
+  param_shardings = nn.logical_to_mesh_sharding(param_axes(config), layout.mesh, parallel.RULES)
+  rows = NamedSharding(layout.mesh, PartitionSpec(('data', 'fsdp')))  # [batch, seq + 1]: rows split
+  got = layout.jit(loss_and_grads, (param_shardings, rows), (layout.replicated, param_shardings))(
+      jax.device_put(params, param_shardings), tokens)
+  # Only the order of float32 partial sums differs (shards combined by all-reduces): ~1e-7 relative.
+  np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
+  for path, g in jax.tree_util.tree_leaves_with_path(got[1]):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(_at(want[1], path)), rtol=1e-4, atol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))
+  assert got[1]['h_0']['mlp']['c_gate']['kernel'].sharding.spec == PartitionSpec('fsdp', 'tensor')
 
 
 @pytest.mark.parametrize('overrides, words', [

@@ -141,7 +141,6 @@ def time_rows(data, calls):
         if i >= 2:
           times[strategy].append(1e3 * (time.perf_counter() - t0) / per_call)
     for setup, _, _ in runs.values():
-      setup.checkpointer.close()
       shutil.rmtree(setup.corpus.staged)  # the data set_up prepared outside the (unused) workdir
   return {'devices': jax.device_count(), 'ms_per_step': times, 'tokens_per_step':
           setup.config.train.batch_size * setup.config.train.seq_len}

@@ -48,7 +48,8 @@ from gptjax import config as config_lib
 from gptjax import data as data_lib
 from gptjax import metrics as metrics_lib
 from gptjax import objectives, parallel, pretrained, provenance
-from gptjax.errors import GptjaxError
+from gptjax import workdir as workdir_lib
+from gptjax.errors import GptjaxError, os_error
 from gptjax.model import GPT, GPTConfig, count_params, init_params, param_axes
 
 
@@ -257,18 +258,18 @@ class Setup(NamedTuple):
   state: TrainState  # fresh or restored, placed by `shardings`
   start: int | None  # the checkpoint step resumed from; None: from scratch
   newer: list  # checkpoint steps after `start`, to set aside
-  checkpointer: ckpt_lib.Checkpointer  # the run's one checkpointer: restored from, then saves
+  window: 'LogWindow'  # the train losses not logged yet at `start` (from its checkpoint)
 
 
 def set_up(config: ml_collections.ConfigDict, workdir: str, restore_step: int | None = None) -> Setup:
   """Checks the config against the devices and the data, builds the layout, and makes the state:
-  fresh, or restored from a checkpoint of any layout straight into this one's shardings. Writes
-  nothing to the workdir (a refused run leaves it as it was)."""
+  fresh, or restored from a checkpoint of any layout straight into this one's shardings (one
+  read-only `Checkpointer` lists and restores). Writes nothing to the workdir (a refused run leaves
+  it as it was)."""
   devices = parallel.run_devices(config.train.devices)
   config_lib.validate(config, len(devices))
   config = config_lib.resolve(config)
   corpus = prepare_data(config, workdir)
-  checkpointer = None
   try:
     tc = config.train
     model_config = (pretrained.model_config(tc.init_from, config, corpus.tokenizer) if tc.init_from
@@ -283,25 +284,26 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, restore_step: int | 
     shardings = layout.state_shardings(axes)
 
     ckpt_dir = os.path.join(workdir, 'checkpoints')
-    checkpointer = ckpt_lib.Checkpointer(ckpt_dir, config.train.keep_checkpoints, create=False)
-    steps = checkpointer.steps()
-    if restore_step is not None and restore_step not in steps:
-      raise GptjaxError(f'no checkpoint at step {restore_step} in {ckpt_dir}; there are {steps}')
-    start = restore_step if restore_step is not None else (steps[-1] if steps else None)
+    steps, start, window = [], None, LogWindow()
+    if os.path.isdir(ckpt_dir):
+      with ckpt_lib.Checkpointer(ckpt_dir, create=False) as reader:
+        steps = reader.steps()
+        if restore_step is not None and restore_step not in steps:
+          raise GptjaxError(f'no checkpoint at step {restore_step} in {ckpt_dir}; there are {steps}')
+        start = restore_step if restore_step is not None else (steps[-1] if steps else None)
+        if start is not None:
+          state = _restore(reader, start, parallel.placed(abstract, shardings),
+                           older=[s for s in steps if s < start], workdir=workdir)
+          window = LogWindow.from_dict(reader.metadata(start).get('log_window'))
     if start is None and tc.init_from:  # parameters only: the optimizer and the step start fresh
       state = _init_from(tc.init_from, model_config, tx, config.seed, shardings)
     elif start is None:
       state = init_state(model_config, tx, config.seed, shardings)
-    else:
-      state = _restore(checkpointer, start, parallel.placed(abstract, shardings),
-                       older=[s for s in steps if s < start], workdir=workdir)
   except BaseException:
-    if checkpointer is not None:
-      checkpointer.close()
     _discard(corpus.staged)
     raise
   return Setup(config, model_config, corpus, layout, tx, schedule, shardings, state, start,
-               [s for s in steps if start is not None and s > start], checkpointer)
+               [s for s in steps if start is not None and s > start], window)
 
 
 def _init_from(path: str, model_config: GPTConfig, tx, seed: int, shardings: TrainState) -> TrainState:
@@ -327,30 +329,50 @@ def _restore(checkpointer, step: int, target: TrainState, older: list, workdir: 
     raise GptjaxError(str(e) + hint) from None
 
 
-def commit_workdir(setup: Setup, workdir: str) -> None:
-  """Writes what the checks passed: data/, config.json, tokenizer.json, checkpoints/; moves the
-  checkpoints after the one resumed from to checkpoints.set_aside/. Process 0 writes; all wait."""
+def commit_workdir(setup: Setup, workdir: str) -> ckpt_lib.Checkpointer:
+  """Writes what the checks passed: data/, config.json, tokenizer.json, provenance.jsonl; moves the
+  checkpoints after the one resumed from to checkpoints.set_aside/ (process 0 writes; all wait).
+  Returns the run's checkpoint writer (all processes write checkpoints together); close it."""
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    if setup.corpus.staged:
-      data_dir = os.path.join(workdir, 'data')
-      if os.path.isdir(data_dir):  # another corpus, prepared by an earlier run
-        shutil.rmtree(data_dir)
-      shutil.move(setup.corpus.staged, data_dir)
-    save_run_files(workdir, setup.config, setup.model_config, setup.corpus.tokenizer)
-    if int(setup.state.step) < setup.config.train.max_steps:  # the code and machine of this start
-      provenance.append(workdir, start_step=int(setup.state.step))
-    ckpt_dir = setup.checkpointer.directory
-    if setup.newer:
-      aside = os.path.join(workdir, 'checkpoints.set_aside')
-      os.makedirs(aside, exist_ok=True)
-      for s in setup.newer:
-        os.replace(os.path.join(ckpt_dir, str(s)), os.path.join(aside, f'{s}-{int(time.time())}'))
-    os.makedirs(ckpt_dir, exist_ok=True)
+    try:
+      os.makedirs(workdir, exist_ok=True)  # (the lock has made it already, on process 0)
+      if setup.corpus.staged:
+        _move_data_in(setup.corpus.staged, os.path.join(workdir, 'data'))
+      save_run_files(workdir, setup.config, setup.model_config, setup.corpus.tokenizer)
+      if int(setup.state.step) < setup.config.train.max_steps:  # the code and machine of this start
+        provenance.append(workdir, start_step=int(setup.state.step))
+      if setup.newer:
+        aside = os.path.join(workdir, 'checkpoints.set_aside')
+        os.makedirs(aside, exist_ok=True)
+        for s in setup.newer:
+          os.replace(os.path.join(ckpt_dir, str(s)), os.path.join(aside, f'{s}-{int(time.time())}'))
+    except OSError as e:
+      raise os_error(e, f'cannot write {e.filename or workdir}') from None
   else:
     _discard(setup.corpus.staged)  # process 0's copy is the one kept
   parallel.sync('gptjax:workdir-committed')
-  setup.checkpointer.steps()  # re-read: the set-aside steps are gone
+  try:
+    return ckpt_lib.Checkpointer(ckpt_dir, setup.config.train.keep_checkpoints)
+  except OSError as e:
+    raise os_error(e, f'cannot write {e.filename or ckpt_dir}') from None
+
+
+def _move_data_in(staged: str, data_dir: str) -> None:
+  """Moves the files of a fresh preparation into data_dir, replacing another corpus's files there.
+  meta.json goes first out and last in: a move cut short leaves a data_dir no run takes as prepared.
+  data_dir itself stays (it may be a mount point)."""
+  os.makedirs(data_dir, exist_ok=True)
+  new = sorted(os.listdir(staged), key=lambda name: name == 'meta.json')
+  for name in ['meta.json'] + [n for n in os.listdir(data_dir) if n not in new and n != 'meta.json']:
+    path = os.path.join(data_dir, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    elif os.path.lexists(path):
+      os.remove(path)
+  for name in new:
+    shutil.move(os.path.join(staged, name), os.path.join(data_dir, name))
+  os.rmdir(staged)
 
 
 class Steps(NamedTuple):
@@ -390,7 +412,7 @@ class _StopRequest:
     self._previous = {}
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM last: once it is caught, both are
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread: signals cannot be caught here
@@ -406,6 +428,28 @@ class _StopRequest:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+class LogWindow:
+  """The train losses since the last logged step, summed per call in float64. Checkpoints carry it,
+  so the first log line after a resume is the mean an uninterrupted run logs there."""
+
+  def __init__(self, loss_sum: float = 0.0, loss_count: int = 0):
+    self.loss_sum, self.loss_count = loss_sum, loss_count
+
+  @classmethod
+  def from_dict(cls, d: dict | None) -> 'LogWindow':
+    return cls(float(d['loss_sum']), int(d['loss_count'])) if d else cls()  # older checkpoints: none
+
+  def to_dict(self) -> dict:
+    return {'loss_sum': self.loss_sum, 'loss_count': self.loss_count}
+
+  def add(self, losses: np.ndarray) -> None:
+    self.loss_sum += float(np.sum(losses, dtype=np.float64))
+    self.loss_count += len(losses)
+
+  def mean(self) -> float:
+    return self.loss_sum / self.loss_count if self.loss_count else float('nan')
 
 
 class Preempted(Exception):
@@ -424,11 +468,12 @@ def _next_boundary(step: int, tc: ml_collections.ConfigDict) -> int:
   return min([tc.max_steps] + [(step // n + 1) * n for n in intervals])
 
 
-def train_loop(setup: Setup, steps: Steps, workdir: str, progress: bool = True) -> dict:
+def train_loop(setup: Setup, steps: Steps, checkpointer: ckpt_lib.Checkpointer, workdir: str,
+               progress: bool = True) -> dict:
   """Runs the compiled steps from the set-up state to train.max_steps: logs, evaluates and
   checkpoints on the intervals, and at a signal to any process checkpoints and raises Preempted
   on all of them at the same step. Returns the last metrics."""
-  config, layout, checkpointer = setup.config, setup.layout, setup.checkpointer
+  config, layout = setup.config, setup.layout
   tc, corpus = config.train, setup.corpus
   lead = jax.process_index() == 0  # the one process that logs and writes metrics
   step = int(setup.state.step)
@@ -439,10 +484,9 @@ def train_loop(setup: Setup, steps: Steps, workdir: str, progress: bool = True) 
       f'{_describe(layout)}; '
       + (f'resuming from step {step}' if setup.start is not None else
          f'starting from the parameters of {tc.init_from}' if tc.init_from else 'starting from scratch'))
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=setup.start) if lead else None
   state = layout.to_device(setup.state)
   eval_batches = steps.batches(corpus.val, 0, tc.eval_iters, data_lib.EVAL_STREAM) if tc.eval_iters else None
-  saved = set()
+  window = setup.window
 
   def evaluate():
     """{'val_loss'} (mean NLL of the scored targets), and under mlm 'val_accuracy' (argmax = target)."""
@@ -453,25 +497,27 @@ def train_loop(setup: Setup, steps: Steps, workdir: str, progress: bool = True) 
     return result
 
   def save(at_step):
-    if at_step not in saved:
-      checkpointer.save(at_step, layout.to_global(state))
-      saved.add(at_step)
-
-  last = {}
-  if step == 0 and tc.eval_iters:
-    last = evaluate()
-    if writer:
-      writer.write(0, **last)
-    log(f'step 0: val loss {last["val_loss"]:.4f}'
-        + (f', val accuracy {last["val_accuracy"]:.4f}' if 'val_accuracy' in last else ''))
-  if step >= tc.max_steps:
-    log(f'{workdir} is already trained to step {step} (train.max_steps={tc.max_steps})')
+    if at_step not in checkpointer.steps():  # with the log window, so a resume logs what this run would
+      checkpointer.save(at_step, layout.to_global(state), metadata={'log_window': window.to_dict()})
 
   tokens_per_step = tc.batch_size * tc.seq_len
-  window_losses, window_time, window_steps = [], 0.0, 0
+  window_time, window_steps = 0.0, 0
   compiled_lengths = set()
-  bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and lead), unit='step', dynamic_ncols=True)
+  writer = bar = None
   try:
+    writer = metrics_lib.MetricsWriter(workdir, resume_step=setup.start) if lead else None
+    last = {}
+    if step == 0 and tc.eval_iters:
+      last = evaluate()
+      if writer:
+        writer.write(0, **last)
+      log(f'step 0: val loss {last["val_loss"]:.4f}'
+          + (f', val accuracy {last["val_accuracy"]:.4f}' if 'val_accuracy' in last else ''))
+    if step >= tc.max_steps:
+      log(f'{workdir} is already trained to step {step} (train.max_steps={tc.max_steps})')
+
+    bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and lead), unit='step',
+               dynamic_ncols=True)
     with _StopRequest() as stop:
       while step < tc.max_steps:
         end = _next_boundary(step, tc)
@@ -493,18 +539,18 @@ def train_loop(setup: Setup, steps: Steps, workdir: str, progress: bool = True) 
                               "set --config.train.nan_policy=skip")
           log(f'skipped {int((~np.isfinite(losses)).sum())} update(s) with a non-finite loss '
               f'before step {end}')
-        window_losses.extend(losses[np.isfinite(losses)].tolist())
+        window.add(losses[np.isfinite(losses)])
         step = end
         bar.update(len(losses))
 
         record = {}
         if step % tc.log_interval == 0 or step == tc.max_steps:
-          record['train_loss'] = float(np.mean(window_losses)) if window_losses else float('nan')
+          record['train_loss'] = window.mean()
           record['lr'] = float(setup.schedule(step - 1))
           if window_time > 0:
             record['tokens_per_sec'] = window_steps * tokens_per_step / window_time
             record['ms_per_step'] = 1e3 * window_time / window_steps
-          window_losses, window_time, window_steps = [], 0.0, 0
+          window, window_time, window_steps = LogWindow(), 0.0, 0
         if tc.eval_iters and (step % tc.eval_interval == 0 or step == tc.max_steps):
           record.update(evaluate())
         if record:
@@ -524,7 +570,8 @@ def train_loop(setup: Setup, steps: Steps, workdir: str, progress: bool = True) 
           raise Preempted(f'stopped by signal {signum} at step {step}; checkpoint saved in '
                           f'{checkpointer.directory}; run the same command again to resume', signum)
   finally:
-    bar.close()
+    if bar is not None:
+      bar.close()
     if writer:
       writer.close()
   last['step'] = step
@@ -544,16 +591,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
   """Trains config in workdir, resuming from its latest checkpoint; returns the last metrics.
 
   restore_step picks an older checkpoint to resume from (e.g. when the latest one is damaged); the
-  checkpoints after it are moved to WORKDIR/checkpoints.set_aside/, not deleted.
+  checkpoints after it are moved to WORKDIR/checkpoints.set_aside/, not deleted. The run holds the
+  workdir's lock throughout (gptjax/workdir.py; process 0 of a multi-host run): a second run on the
+  same workdir is refused before it reads or writes anything there.
   """
   parallel.initialize()
-  setup = set_up(config, workdir, restore_step)
-  try:
-    commit_workdir(setup, workdir)
-    return train_loop(setup, build_steps(setup), workdir, progress)
-  finally:
-    setup.checkpointer.close()
-    _discard(setup.corpus.staged)
+  with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
+    setup = set_up(config, workdir, restore_step)
+    try:
+      with commit_workdir(setup, workdir) as checkpointer:  # closing waits for the saves in flight
+        return train_loop(setup, build_steps(setup), checkpointer, workdir, progress)
+    finally:
+      _discard(setup.corpus.staged)
 
 
 def main():

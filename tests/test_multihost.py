@@ -18,6 +18,7 @@ import pytest
 
 from conftest import tiny_run_config
 from gptjax import train
+from gptjax import workdir as workdir_lib
 from gptjax.metrics import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,6 +167,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step_then_resume_matches(tmp_pa
     assert all(p.poll() is None for p in procs), 'a process ended early'
     assert time.time() < deadline, 'run too slow'
     time.sleep(0.01)
+  assert workdir_lib.lock_holder(workdir)['pid'] == procs[0].pid  # process 0 holds the workdir lock
   procs[1].send_signal(signal.SIGTERM)  # the process that writes nothing but checkpoint shards
   results = finish(procs, timeout=120)
   stops = []
@@ -174,6 +176,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step_then_resume_matches(tmp_pa
     stops.append(int(err.split('stopped by signal 15 at step ')[1].split(';')[0]))
   stopped_at = stops[0]
   assert stops == [stopped_at, stopped_at] and 5 <= stopped_at < 20  # both at the same step
+  assert workdir_lib.lock_holder(workdir) is None  # released on the way out
   assert checkpoint_steps(workdir) == sorted({stopped_at} | ({10} if stopped_at >= 10 else set()))
   resumed = finish(start(workdir, 'mesh', two_process_envs('jax')))
   assert all(code == 0 for code, _, _ in resumed), resumed

@@ -360,7 +360,9 @@ def param_axes(config: GPTConfig) -> dict:
 
 
 def count_params(params, exclude_positions: bool = True) -> int:
-  """Number of parameters (by default without the position table, as GPT-2/nanoGPT count them)."""
+  """Number of parameters (by default without the position table, as GPT-2/nanoGPT count them).
+  Takes plain arrays or `GPT.init`'s output as is (its logical-axis boxes are looked through)."""
+  params = nn.unbox(params)
   n = sum(x.size for x in jax.tree.leaves(params))
   if exclude_positions and 'wpe' in params:
     n -= params['wpe']['embedding'].size

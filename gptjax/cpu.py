@@ -148,12 +148,15 @@ class Choices:
 
 
 def choose(cpu: CpuInfo, environ: Mapping[str, str], *, batch_size: int = 0, train_devices: int = 0,
-           dropout: float = 0.0, state_bytes: int = 0, auto: bool = True, libc: str = 'glibc') -> Choices:
+           dropout: float = 0.0, state_bytes: int = 0, auto: bool = True, libc: str = 'glibc',
+           strategy: str = 'pmap') -> Choices:
   """The settings for this CPU: a pure function of its arguments (see the module docstring).
 
   batch_size: the global batch the devices split (0: a command that runs one device, so no device
   count is chosen); train_devices: the config's train.devices (0 = all); state_bytes: the train
-  state one device holds (parameters and optimizer moments); libc: 'glibc' or another C library.
+  state one device holds (parameters and optimizer moments); libc: 'glibc' or another C library;
+  strategy: the config's parallel.strategy (several devices are chosen for 'pmap' only: a mesh the
+  user lays out is the user's, and jit over several CPU devices can stall, see the notes on the stack).
   """
   if not auto:
     return Choices(cpu.describe(), None, (), None, ('automatic choices off (--nocpu_auto)',))
@@ -166,6 +169,7 @@ def choose(cpu: CpuInfo, environ: Mapping[str, str], *, batch_size: int = 0, tra
         'JAX_NUM_CPU_DEVICES is set' if 'JAX_NUM_CPU_DEVICES' in environ else
         'several hosts' if environ.get('JAX_COORDINATOR_ADDRESS') else
         f'train.devices={train_devices} is set' if train_devices else
+        f'parallel.strategy={strategy}' if strategy != 'pmap' else
         f'dropout {dropout} draws masks per device' if dropout > 0 else None)
     if why_not is None:
       limit = cpu.cores
@@ -218,7 +222,7 @@ def define_flag() -> None:
 
 
 def configure(*, batch_size: int = 0, train_devices: int = 0, dropout: float = 0.0, state_bytes: int = 0,
-              auto: bool = True, log=print) -> Choices:
+              auto: bool = True, log=print, strategy: str = 'pmap') -> Choices:
   """What a command calls first, before any JAX computation: reads the CPU, chooses, applies, logs
   one line; returns the choices (for the run record). Where JAX already started its backends in
   this process (a command's main() called from a notebook, say), XLA flags and device counts can no
@@ -226,7 +230,8 @@ def configure(*, batch_size: int = 0, train_devices: int = 0, dropout: float = 0
   from jax._src import xla_bridge  # importing jax does not start its backends; a computation does
   started = xla_bridge.backends_are_initialized()
   choices = choose(read_cpu(), os.environ, batch_size=batch_size, train_devices=train_devices,
-                   dropout=dropout, state_bytes=state_bytes, auto=auto and not started, libc=libc_name())
+                   dropout=dropout, state_bytes=state_bytes, auto=auto and not started, libc=libc_name(),
+                   strategy=strategy)
   if started and auto:
     choices = dataclasses.replace(choices, notes=('JAX had already started in this process: nothing chosen',))
   apply(choices)

@@ -84,6 +84,8 @@ def test_devices_only_where_results_stay_equal_and_everything_fits():
   # Two replicas of a 6 GiB train state do not fit in a quarter of 16 GiB.
   assert cpu.choose(info, {}, batch_size=12, state_bytes=6 * GiB).devices is None
   assert cpu.choose(info, {}, batch_size=12, state_bytes=1 * GiB).devices == 2
+  # A mesh is laid out by the user (and jit over several CPU devices can stall): one device.
+  assert cpu.choose(info, {}, batch_size=12, strategy='mesh').devices is None
   assert cpu.choose(info, {}, batch_size=12, libc='musl').malloc_keep_bytes is None
 
 

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from gptjax import kv_cache as kvc
+from gptjax.matmul import dense_dot_general
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +203,7 @@ class CausalSelfAttention(nn.Module):
     dense = lambda features, std, axes, name: nn.Dense(
         features, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
         kernel_init=_named(nn.initializers.normal(std), *axes),
-        bias_init=_named(nn.initializers.zeros, axes[1]), name=name)
+        bias_init=_named(nn.initializers.zeros, axes[1]), dot_general=dense_dot_general, name=name)
     # [q | k | v] heads side by side: 'qkv' is the fused (n_head + 2 * n_kv_head) * head_dim axis.
     qkv = dense((c.n_head + 2 * c.kv_heads) * c.head_dim, 0.02, ('embed', 'qkv'), 'c_attn')(x)
     q, k, v = jnp.split(qkv, [c.n_head * c.head_dim, (c.n_head + c.kv_heads) * c.head_dim], axis=-1)
@@ -236,7 +237,7 @@ class MLP(nn.Module):
     dense = lambda features, std, axes, name: nn.Dense(
         features, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
         kernel_init=_named(nn.initializers.normal(std), *axes),
-        bias_init=_named(nn.initializers.zeros, axes[1]), name=name)
+        bias_init=_named(nn.initializers.zeros, axes[1]), dot_general=dense_dot_general, name=name)
     h = dense(c.mlp_width, 0.02, ('embed', 'mlp'), 'c_fc')(x)  # [batch * seq, mlp_width]
     if c.mlp == 'swiglu':
       h = nn.silu(dense(c.mlp_width, 0.02, ('embed', 'mlp'), 'c_gate')(x)) * h
@@ -284,7 +285,8 @@ class GPT(nn.Module):
       self.lm_head = nn.Dense(c.vocab_size, use_bias=c.bias and c.head_bias, dtype=c.dtype,
                               param_dtype=c.param_dtype,
                               kernel_init=_named(nn.initializers.normal(0.02), 'embed', 'vocab'),
-                              bias_init=_named(nn.initializers.zeros, 'vocab'))  # W_O, b_O
+                              bias_init=_named(nn.initializers.zeros, 'vocab'),
+                              dot_general=dense_dot_general)  # W_O, b_O
 
   def embed(self, tokens, positions):
     """X = E[tokens] + P[positions]: tokens, positions [batch, seq] -> [batch, seq, n_embd].

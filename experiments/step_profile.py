@@ -133,7 +133,7 @@ def jax_items(auto: bool):
   def core(qkv):
     q, k, v = jnp.split(qkv, 3, axis=-1)
     q = q.reshape(BATCH, SEQ, HEADS, WIDTH // HEADS)
-    heads = lambda t: (t.reshape(BATCH, SEQ, HEADS, -1).transpose(0, 2, 1, 3).reshape(BATCH * HEADS, SEQ, -1))
+    heads = lambda t: t.reshape(BATCH, SEQ, HEADS, -1).transpose(0, 2, 1, 3)  # [batch, heads, seq, head_dim]
     return attention(q, heads(k), heads(v), mask, lambda x, deterministic: x, True).reshape(n_tok, WIDTH)
 
   parts = {

@@ -147,6 +147,17 @@ class Choices:
             'malloc_keep_bytes': self.malloc_keep_bytes, 'notes': list(self.notes)}
 
 
+def launched_as_one_of_several(environ: Mapping[str, str]) -> bool:
+  """Whether this process is one of a multi-process run (JAX's variables, or a SLURM step of several
+  tasks), read from the environment before JAX starts."""
+  return bool(environ.get('JAX_COORDINATOR_ADDRESS')) or int(environ.get('SLURM_NTASKS') or 1) > 1
+
+
+def is_lead_process(environ: Mapping[str, str]) -> bool:
+  """Process 0 of a multi-process run (or the only process), before JAX starts."""
+  return (environ.get('JAX_PROCESS_ID') or environ.get('SLURM_PROCID') or '0') == '0'
+
+
 def choose(cpu: CpuInfo, environ: Mapping[str, str], *, batch_size: int = 0, train_devices: int = 0,
            dropout: float = 0.0, state_bytes: int = 0, auto: bool = True, libc: str = 'glibc',
            strategy: str = 'pmap') -> Choices:
@@ -167,7 +178,7 @@ def choose(cpu: CpuInfo, environ: Mapping[str, str], *, batch_size: int = 0, tra
     why_not = (
         'XLA_FLAGS is set' if xla_explicit else
         'JAX_NUM_CPU_DEVICES is set' if 'JAX_NUM_CPU_DEVICES' in environ else
-        'several hosts' if environ.get('JAX_COORDINATOR_ADDRESS') else
+        'several processes' if launched_as_one_of_several(environ) else
         f'train.devices={train_devices} is set' if train_devices else
         f'parallel.strategy={strategy}' if strategy != 'pmap' else
         f'dropout {dropout} draws masks per device' if dropout > 0 else None)

@@ -634,9 +634,10 @@ def main():
     workdir = f.workdir or os.path.join('runs', name)
     m, d = f.config.model, f.config.data
     choices = cpu.configure(batch_size=f.config.train.batch_size, train_devices=f.config.train.devices,
-                            dropout=m.dropout, auto=f.cpu_auto, log=lambda s: print(s, flush=True),
-                            strategy=f.config.parallel.strategy,
-                            state_bytes=cpu.state_bytes_estimate(m, d.tokenizer, d.bpe_vocab_size))
+                            dropout=m.dropout, auto=f.cpu_auto, strategy=f.config.parallel.strategy,
+                            state_bytes=cpu.state_bytes_estimate(m, d.tokenizer, d.bpe_vocab_size),
+                            log=(lambda s: print(s, flush=True)) if cpu.is_lead_process(os.environ)
+                            else (lambda s: None))  # only process 0 reports
     try:
       result = train_and_evaluate(f.config, workdir, restore_step=f.restore_step, progress=f.progress,
                                   cpu_choices=choices.to_dict())

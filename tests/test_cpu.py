@@ -81,12 +81,19 @@ def test_devices_only_where_results_stay_equal_and_everything_fits():
   assert cpu.choose(info, {}, batch_size=9).devices is None  # 9 rows do not split over 2 cores
   assert cpu.choose(info, {}, batch_size=0).devices is None  # a command that runs one device
   assert cpu.choose(info, {'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'}, batch_size=12).devices is None
+  assert cpu.choose(info, {'SLURM_NTASKS': '2'}, batch_size=12).devices is None  # one of 2 SLURM tasks
+  assert cpu.choose(info, {'SLURM_NTASKS': '1'}, batch_size=12).devices == 2  # a one-task job
   # Two replicas of a 6 GiB train state do not fit in a quarter of 16 GiB.
   assert cpu.choose(info, {}, batch_size=12, state_bytes=6 * GiB).devices is None
   assert cpu.choose(info, {}, batch_size=12, state_bytes=1 * GiB).devices == 2
   # A mesh is laid out by the user (and jit over several CPU devices can stall): one device.
   assert cpu.choose(info, {}, batch_size=12, strategy='mesh').devices is None
   assert cpu.choose(info, {}, batch_size=12, libc='musl').malloc_keep_bytes is None
+
+
+def test_only_process_0_of_a_multi_process_run_reports():
+  assert cpu.is_lead_process({}) and cpu.is_lead_process({'SLURM_PROCID': '0'})
+  assert not cpu.is_lead_process({'JAX_PROCESS_ID': '1'}) and not cpu.is_lead_process({'SLURM_PROCID': '3'})
 
 
 def test_cores_count_physical_cores_this_process_may_use():

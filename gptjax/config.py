@@ -14,6 +14,7 @@ import os
 
 import ml_collections
 
+from gptjax import attention
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
@@ -35,8 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.tie_embeddings = False
   c.model.pos_encoding = 'learned'  # or 'sinusoidal'
   c.model.causal = True
-  c.model.dtype = 'float32'
+  c.model.dtype = 'float32'  # compute dtype; 'bfloat16' = mixed precision (float32 params, optimizer, logits, loss)
   c.model.param_dtype = 'float32'
+  c.model.remat = 'none'  # recompute block activations in the backward pass: 'full', 'dots_saveable', ...
+  c.model.attention_impl = 'einsum'  # or 'xla' / 'cudnn' (jax.nn.dot_product_attention; see gptjax/attention.py)
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ''  # a text file; '' means the Python standard library's .py sources
@@ -51,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.seq_len = 0  # training window; 0: model.block_size
   c.train.batch_size = 16  # global batch: split over all devices of all hosts
+  c.train.grad_accum_steps = 1  # compute each step's gradient over this many micro-batches of the batch, in turn
   c.train.max_steps = 1000
   c.train.learning_rate = 1e-3
   c.train.min_lr = 1e-4
@@ -115,9 +119,11 @@ def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
   config = resolve(config)
   m, t, d = config.model, config.train, config.data
   try:
-    GPTConfig(**{**m.to_dict(), 'vocab_size': m.vocab_size or 1})
+    attention.check(GPTConfig(**{**m.to_dict(), 'vocab_size': m.vocab_size or 1}))
   except (ValueError, TypeError) as e:
     problems.append(f'model: {e}')
+  except GptjaxError as e:
+    problems.append(str(e))
   if t.seq_len < 0:
     problems.append(f'train.seq_len={t.seq_len} must be >= 1 (or 0 for model.block_size)')
   if t.seq_len > m.block_size:
@@ -126,6 +132,13 @@ def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
   if t.batch_size < 1 or t.batch_size % n_devices:
     problems.append(f'train.batch_size={t.batch_size} is not divisible by the {n_devices} devices; '
                     f'use a multiple of {n_devices} or set --config.train.devices')
+  if t.grad_accum_steps < 1:
+    problems.append(f'train.grad_accum_steps={t.grad_accum_steps} must be >= 1')
+  elif t.batch_size >= 1 and t.batch_size % n_devices == 0 and (t.batch_size // n_devices) % t.grad_accum_steps:
+    per_device = t.batch_size // n_devices
+    problems.append(f'train.grad_accum_steps={t.grad_accum_steps} does not divide the {per_device} rows each '
+                    f'device gets (train.batch_size={t.batch_size} over {n_devices} devices); use a '
+                    'divisor of it, or a larger batch')
   for name in ('max_steps', 'warmup_steps', 'eval_iters', 'keep_checkpoints'):
     if t[name] < 0:
       problems.append(f'train.{name}={t[name]} must be >= 0')

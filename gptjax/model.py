@@ -23,7 +23,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gptjax import attention as attention_lib
 from gptjax import kv_cache as kvc
+
+# Rematerialization (activation checkpointing) of each block: which of its intermediate values the
+# backward pass keeps; the rest it recomputes from the block's input. 'full' keeps none (memory of
+# one block's activations at a time, one more forward pass of compute); 'dots_saveable' keeps every
+# matmul output (elementwise ops, LayerNorms and softmax are recomputed);
+# 'dots_with_no_batch_dims_saveable' keeps only the weight matmuls' outputs (not attention's).
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+# GPTConfig fields that choose how the model computes, not what its parameters are: a checkpoint
+# written under one value loads and resumes under any other.
+EXECUTION_FIELDS = ('dtype', 'remat', 'attention_impl')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +59,10 @@ class GPTConfig:
   tie_embeddings: bool = False  # W_O = E^T (the token embedding read backwards)
   pos_encoding: str = 'learned'  # 'learned' (a table P) or 'sinusoidal' (fixed, Vaswani et al.)
   causal: bool = True  # False gives bidirectional attention (for a masked-LM objective)
-  dtype: str = 'float32'  # compute dtype of activations and matmuls
+  dtype: str = 'float32'  # compute dtype of activations and matmuls ('bfloat16': mixed precision)
   param_dtype: str = 'float32'
+  remat: str = 'none'  # recompute each block's activations in the backward pass: a REMAT_POLICIES name
+  attention_impl: str = 'einsum'  # 'einsum' (`attention` below), or jax.nn.dot_product_attention's 'xla'/'cudnn'
 
   def __post_init__(self):
     problems = []
@@ -68,6 +87,14 @@ class GPTConfig:
     for name in ('dtype', 'param_dtype'):
       if getattr(self, name) not in ('float32', 'bfloat16', 'float16'):
         problems.append(f"{name}={getattr(self, name)!r} must be 'float32', 'bfloat16' or 'float16'")
+    if self.remat not in REMAT_POLICIES:
+      problems.append(f'remat={self.remat!r} must be one of {", ".join(map(repr, REMAT_POLICIES))}')
+    if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
+      problems.append(f'attention_impl={self.attention_impl!r} must be one of '
+                      f'{", ".join(map(repr, attention_lib.IMPLEMENTATIONS))}')
+    elif self.attention_impl != 'einsum' and self.dropout:
+      problems.append(f'attention_impl={self.attention_impl!r} has no dropout of attention weights: use '
+                      "attention_impl='einsum' for dropout > 0, or dropout=0")
     if problems:
       raise ValueError('; '.join(problems))
 
@@ -78,6 +105,12 @@ class GPTConfig:
   @property
   def kv_heads(self) -> int:
     return self.n_kv_head or self.n_head
+
+
+def _float32_dot(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+  """lax.dot_general with float32 products and output, for inputs of any (lower) precision."""
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=jnp.float32, **kwargs)
 
 
 def sinusoidal_positions(n_pos: int, d: int) -> jax.Array:
@@ -134,7 +167,13 @@ class CausalSelfAttention(nn.Module):
     if kv is not None:  # decoding: write the new keys/values, then attend over the whole buffer
       kv = (kvc.write(kv[0], k, pos), kvc.write(kv[1], v, pos))
       k, v = kv
-    y = attention(q, k, v, mask, nn.Dropout(c.dropout), deterministic).reshape(batch * seq, -1)
+    if c.attention_impl == 'einsum':
+      y = attention(q, k, v, mask, nn.Dropout(c.dropout), deterministic)
+    else:  # jax.nn.dot_product_attention; causal self-attention needs no mask (cuDNN skips masked tiles)
+      attention_lib.check(c)  # cuDNN where it cannot run: a one-line error, not a fallback
+      y = attention_lib.dot_product(q, k, v, None if kv is None else mask, causal=kv is None and c.causal,
+                                    implementation=c.attention_impl)
+    y = y.reshape(batch * seq, -1)
     # Residual projections start smaller (GPT-2): the residual stream sums 2 * n_layer of them.
     y = dense(c.n_embd, 0.02 / math.sqrt(2 * c.n_layer), 'c_proj')(y)
     return nn.Dropout(c.dropout)(y, deterministic=deterministic), kv
@@ -160,7 +199,7 @@ class Block(nn.Module):
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, x, mask, kv=None, pos=None, *, deterministic=True):
+  def __call__(self, x, mask, kv=None, pos=None, deterministic=True):
     c = self.config
     ln = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=c.bias, dtype=c.dtype,
                                    param_dtype=c.param_dtype, name=name)
@@ -168,6 +207,15 @@ class Block(nn.Module):
     x = x + y
     x = x + MLP(c, name='mlp')(ln('ln_2')(x), deterministic=deterministic)
     return x, kv
+
+
+def remat_block(c: GPTConfig):
+  """Block, or Block rematerialized under the policy c.remat. Blocks are named explicitly (h_0,
+  h_1, ...), so the parameter names are the same either way and checkpoints cross."""
+  if c.remat == 'none':
+    return Block
+  # static_argnums counts self as 0: `deterministic` (5) is a Python bool that Dropout branches on.
+  return nn.remat(Block, policy=REMAT_POLICIES[c.remat], static_argnums=(5,))
 
 
 class GPT(nn.Module):
@@ -181,14 +229,17 @@ class GPT(nn.Module):
       self.wpe = nn.Embed(c.block_size, c.n_embd, embedding_init=nn.initializers.normal(0.02),
                           dtype=c.dtype, param_dtype=c.param_dtype)  # P: [block_size, n_embd]
     self.drop = nn.Dropout(c.dropout)
-    self.h = [Block(c, name=f'h_{i}') for i in range(c.n_layer)]
+    self.h = [remat_block(c)(c, name=f'h_{i}') for i in range(c.n_layer)]
     self.ln_f = nn.LayerNorm(epsilon=1e-5, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype)
     if c.tie_embeddings:
       if c.bias and c.head_bias:
         self.b_O = self.param('lm_head_bias', nn.initializers.zeros, (c.vocab_size,), c.param_dtype)
     else:
+      # The head's matmul accumulates and returns float32 whatever c.dtype is: logits feed a softmax
+      # over the whole vocabulary, where bfloat16's 8 bits of mantissa would round them by ~0.1.
       self.lm_head = nn.Dense(c.vocab_size, use_bias=c.bias and c.head_bias, dtype=c.dtype,
-                              param_dtype=c.param_dtype, kernel_init=nn.initializers.normal(0.02))  # W_O, b_O
+                              param_dtype=c.param_dtype, kernel_init=nn.initializers.normal(0.02),
+                              dot_general=_float32_dot)  # W_O, b_O
 
   def embed(self, tokens, positions):
     """X = E[tokens] + P[positions]: tokens, positions [batch, seq] -> [batch, seq, n_embd]."""
@@ -224,16 +275,17 @@ class GPT(nn.Module):
     new_k, new_v = [], []
     for i, block in enumerate(self.h):
       kv = None if cache is None else (cache.k[i], cache.v[i])
-      x, kv = block(x, mask, kv, None if cache is None else cache.pos, deterministic=deterministic)
+      x, kv = block(x, mask, kv, None if cache is None else cache.pos, deterministic)
       if cache is not None:
         new_k.append(kv[0])
         new_v.append(kv[1])
     x = self.ln_f(x)
 
     if c.tie_embeddings:
-      logits = self.wte.attend(x)  # h E^T
+      e = self.wte.embedding.astype(c.dtype)
+      logits = _float32_dot(x.astype(c.dtype), e, (((1,), (1,)), ((), ())))  # h E^T
       if c.bias and c.head_bias:
-        logits = logits + self.b_O
+        logits = logits + self.b_O.astype(jnp.float32)
     else:
       logits = self.lm_head(x)  # h W_O + b_O
     logits = logits.astype(jnp.float32).reshape(batch, seq, -1)

@@ -36,9 +36,9 @@ from gptjax import checkpoint as ckpt_lib
 from gptjax import config as config_lib
 from gptjax import data as data_lib
 from gptjax import metrics as metrics_lib
-from gptjax import objectives, parallel, pretrained
+from gptjax import accumulate, hardware, objectives, parallel, pretrained
 from gptjax.errors import GptjaxError
-from gptjax.model import GPT, GPTConfig, count_params
+from gptjax.model import EXECUTION_FIELDS, GPT, GPTConfig, count_params
 
 
 @flax.struct.dataclass
@@ -81,23 +81,28 @@ def init_state(model_config: GPTConfig, tx: optax.GradientTransformation, seed: 
 
 
 def train_step(state: TrainState, tokens: jax.Array, *, model: GPT, tx, skip_nonfinite: bool = False,
-               axis_name: str | None = parallel.AXIS):
+               axis_name: str | None = parallel.AXIS, grad_accum_steps: int = 1):
   """One update on this device's shard tokens [batch, seq + 1]; grads averaged over `axis_name`.
 
+  grad_accum_steps > 1 computes the gradient over that many micro-batches in turn (gptjax/accumulate.py).
   Returns (new state, metrics {'loss', 'grad_norm'}). With skip_nonfinite, an update whose loss or
   gradient is NaN/Inf is dropped (the step counter still advances past its batch).
   """
-  inputs, targets = objectives.next_token_split(tokens)
   rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
-  def loss_fn(params):
-    logits = model.apply({'params': params}, inputs, deterministic=model.config.dropout == 0.0,
-                         rngs={'dropout': rng})
-    return objectives.cross_entropy(logits, targets)[0]
+  def loss_and_grads(tokens, rng):  # of one (micro-)batch tokens [rows, seq + 1]
+    inputs, targets = objectives.next_token_split(tokens)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    def loss_fn(params):
+      logits = model.apply({'params': params}, inputs, deterministic=model.config.dropout == 0.0,
+                           rngs={'dropout': rng})
+      return objectives.cross_entropy(logits, targets)[0]
+
+    return jax.value_and_grad(loss_fn)(state.params)
+
+  loss, grads = accumulate.loss_and_grads(loss_and_grads, tokens, rng, grad_accum_steps)
   if axis_name is not None:  # every shard has the same number of targets: the mean of means is exact
     loss, grads = jax.lax.pmean((loss, grads), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -176,7 +181,7 @@ def check_resumable(workdir: str, model_config: GPTConfig, tokenizer) -> None:
     saved = json.load(f).get('model', {})
   now = model_config.__dict__
   differ = [f'model.{k}={saved[k]!r} (config asks {now[k]!r})' for k in now
-            if k in saved and saved[k] != now[k]]
+            if k in saved and saved[k] != now[k] and k not in EXECUTION_FIELDS]
   saved_tok = os.path.join(workdir, 'tokenizer.json')
   if os.path.exists(saved_tok):
     old = data_lib.load_tokenizer(saved_tok)
@@ -307,7 +312,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
          f'starting from the parameters of {tc.init_from}' if tc.init_from else 'starting from scratch'))
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if proc == 0 else None
 
-  step_fn = functools.partial(train_steps, model=model, tx=tx, skip_nonfinite=tc.nan_policy == 'skip')
+  step_fn = functools.partial(train_steps, model=model, tx=tx, skip_nonfinite=tc.nan_policy == 'skip',
+                              grad_accum_steps=tc.grad_accum_steps)
   p_train = jax.pmap(step_fn, axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,))
   p_eval = jax.pmap(functools.partial(eval_step, model=model), axis_name=parallel.AXIS, devices=devices)
   p_state = parallel.replicate(state, devices)
@@ -340,6 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
     log(f'{workdir} is already trained to step {step} (train.max_steps={tc.max_steps})')
 
   tokens_per_step = tc.batch_size * tc.seq_len
+  peak_flops = hardware.total_peak_flops(devices * n_proc, model_config.dtype)  # None: unknown (CPU)
   window_losses, window_time, window_steps = [], 0.0, 0
   compiled_lengths = set()
   bar = tqdm(total=tc.max_steps, initial=step, disable=not progress, unit='step', dynamic_ncols=True)
@@ -374,8 +381,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
           record['train_loss'] = float(np.mean(window_losses)) if window_losses else float('nan')
           record['lr'] = float(schedule(step - 1))
           if window_time > 0:
-            record['tokens_per_sec'] = window_steps * tokens_per_step / window_time
-            record['ms_per_step'] = 1e3 * window_time / window_steps
+            record.update(metrics_lib.throughput(window_steps * tokens_per_step, window_time, window_steps,
+                                                 model_config, tc.seq_len, peak_flops))
           window_losses, window_time, window_steps = [], 0.0, 0
         if tc.eval_iters and (step % tc.eval_interval == 0 or step == tc.max_steps):
           record['val_loss'] = evaluate()
@@ -383,9 +390,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
           last.update(record)
           if writer:
             writer.write(step, **record)
-          bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'lr'})
+          bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'lr' and v is not None})
           if 'val_loss' in record:
-            log(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in record.items()))
+            log(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in record.items() if v is not None))
         if step % tc.checkpoint_interval == 0 or step == tc.max_steps:
           save(step)
         if stop.signal is not None and step < tc.max_steps:
@@ -431,7 +438,7 @@ def main():
     except Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"
-    shown = ', '.join(f'{k} {v:.4g}' for k, v in result.items() if k != 'step')
+    shown = ', '.join(f'{k} {v:.4g}' for k, v in result.items() if k != 'step' and v is not None)
     print(f'done: step {result["step"]}' + (f', {shown}' if shown else '') + f'; workdir {workdir}')
 
   cli.run(run)

@@ -139,6 +139,8 @@ def test_workdir_holds_config_tokenizer_metrics_and_checkpoints(tmp_path):
   records = read_jsonl(str(tmp_path / 'metrics.jsonl'))
   assert [r['step'] for r in records] == [0, 10, 20, 30, 40]
   assert all(set(r) >= {'train_loss', 'lr'} for r in records[1:])
+  timed = [r for r in records if 'tokens_per_sec' in r]  # MFU beside throughput: null, no CPU has a peak
+  assert timed and all(r['mfu'] is None and r['tokens_per_sec'] > 0 for r in timed)
   assert records[-1]['val_loss'] == pytest.approx(result['val_loss'])
   assert records[-1]['val_loss'] < records[0]['val_loss'] - 0.5  # it learned something
   assert any(f.startswith('events') for f in os.listdir(tmp_path / 'tensorboard'))

@@ -32,6 +32,7 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str) -> np.ndarray: ...
   def decode(self, ids) -> str: ...
+  def num_bytes(self, ids) -> int: ...  # UTF-8 bytes of the text the ids stand for (bits per byte)
   def to_dict(self) -> dict: ...
 
 
@@ -45,6 +46,7 @@ class CharTokenizer:
       raise GptjaxError('a char tokenizer needs its characters distinct and sorted')
     self.chars = chars
     self._codes = np.array([ord(c) for c in chars], np.uint32)  # sorted code points
+    self._utf8_lengths = np.array([len(c.encode('utf-8', 'surrogatepass')) for c in chars], np.int64)
     self.vocab_size = len(chars)
 
   @classmethod
@@ -67,6 +69,11 @@ class CharTokenizer:
     if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
       raise GptjaxError(f'token ids must be in [0, {self.vocab_size}) for this tokenizer')
     return ''.join(self.chars[int(i)] for i in ids)
+
+  def num_bytes(self, ids) -> int:
+    """UTF-8 bytes of the characters the ids stand for (1 for ASCII, up to 4 for e.g. emoji)."""
+    counts = np.bincount(_checked_ids(ids, self.vocab_size), minlength=self.vocab_size)
+    return int(counts @ self._utf8_lengths)
 
   def to_dict(self) -> dict:
     return {'kind': 'char', 'chars': self.chars}
@@ -96,10 +103,20 @@ class ByteTokenizer:
     """Text of the bytes; a sampled sequence that is not valid UTF-8 shows U+FFFD where it breaks."""
     return self.decode_bytes(ids).decode('utf-8', errors='replace')
 
+  def num_bytes(self, ids) -> int:
+    """One byte per id."""
+    return int(_checked_ids(ids, self.vocab_size).size)
+
   def to_dict(self) -> dict:
     return {'kind': 'byte'}
 
 
+def _checked_ids(ids, vocab_size: int) -> np.ndarray:
+  """ids as a flat int64 array, or GptjaxError if one is outside [0, vocab_size)."""
+  ids = np.asarray(ids).reshape(-1).astype(np.int64)
+  if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+    raise GptjaxError(f'token ids must be in [0, {vocab_size}) for this tokenizer')
+  return ids
 class BPETokenizer:
   """Byte-level BPE (GPT-2's scheme), run by Hugging Face `tokenizers`: any text or bytes encodes.
 
@@ -214,14 +231,8 @@ class BPETokenizer:
     flush()
     return np.concatenate(ids) if ids else np.zeros((0,), np.int32)
 
-  def _checked(self, ids) -> np.ndarray:
-    ids = np.asarray(ids, np.int64).reshape(-1)
-    if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-      raise GptjaxError(f'token ids must be in [0, {self.vocab_size}) for this tokenizer')
-    return ids
-
   def decode_bytes(self, ids) -> bytes:
-    return b''.join(self.token_bytes[i] for i in self._checked(ids).tolist())
+    return b''.join(self.token_bytes[i] for i in _checked_ids(ids, self.vocab_size).tolist())
 
   def decode(self, ids) -> str:
     """Text of the ids; a sampled sequence that is not valid UTF-8 shows U+FFFD where it breaks."""
@@ -229,7 +240,7 @@ class BPETokenizer:
 
   def num_bytes(self, ids) -> int:
     """The bytes of text the ids stand for (the sum of each token's byte length)."""
-    return int(self._lengths[self._checked(ids)].sum())
+    return int(self._lengths[_checked_ids(ids, self.vocab_size)].sum())
 
   def token_id(self, text: str) -> int | None:
     """The id of a whole-token text such as '<|endoftext|>', or None."""

@@ -36,7 +36,7 @@ from gptjax import checkpoint as ckpt_lib
 from gptjax import config as config_lib
 from gptjax import data as data_lib
 from gptjax import metrics as metrics_lib
-from gptjax import accumulate, hardware, objectives, parallel, pretrained
+from gptjax import accumulate, hardware, objectives, parallel, pretrained, provenance
 from gptjax.errors import GptjaxError
 from gptjax.model import EXECUTION_FIELDS, GPT, GPTConfig, count_params
 
@@ -296,6 +296,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
   os.makedirs(workdir, exist_ok=True)
   write_data()
   save_run_files(workdir, config, model_config, tokenizer)
+  if proc == 0 and int(state.step) < tc.max_steps:  # the code and machine of this start (provenance.jsonl)
+    provenance.append(workdir, start_step=int(state.step))
   if newer:  # resuming from an older step: keep the later checkpoints, out of the way
     aside = os.path.join(workdir, 'checkpoints.set_aside')
     os.makedirs(aside, exist_ok=True)

@@ -132,7 +132,7 @@ def test_devices_do_not_change_the_result(tmp_path):
 def test_workdir_holds_config_tokenizer_metrics_and_checkpoints(tmp_path):
   result = _train(tmp_path)
   assert sorted(os.listdir(tmp_path)) == ['checkpoints', 'config.json', 'data', 'metrics.jsonl',
-                                          'tensorboard', 'tokenizer.json']
+                                          'provenance.jsonl', 'tensorboard', 'tokenizer.json']
   saved = json.load(open(tmp_path / 'config.json'))
   assert saved['model']['vocab_size'] == 256  # resolved from the byte tokenizer
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['20', '40']

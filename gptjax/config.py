@@ -11,15 +11,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-
-import ml_collections
+from typing import TYPE_CHECKING
 
 from gptjax import attention
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
+if TYPE_CHECKING:
+  import ml_collections
+
 
 def get_config() -> ml_collections.ConfigDict:
+  import ml_collections  # here, not at the top: the library imports without it (experiments/gpu_run.py)
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -80,6 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy with the fields left to their defaults filled in (seq_len, decay_steps)."""
+  import ml_collections
   config = ml_collections.ConfigDict(config.to_dict())
   if config.train.seq_len == 0:
     config.train.seq_len = config.model.block_size

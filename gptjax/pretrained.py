@@ -22,8 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import TYPE_CHECKING
 
-import ml_collections
 import numpy as np
 
 from gptjax import config as config_lib
@@ -31,6 +31,9 @@ from gptjax import data as data_lib
 from gptjax import hf
 from gptjax.errors import GptjaxError
 from gptjax.model import EXECUTION_FIELDS, GPTConfig
+
+if TYPE_CHECKING:  # only in annotations: importing this module needs no ml_collections
+  import ml_collections
 
 # What a run's config may choose for itself; every other GPTConfig field is the pretrained model's.
 RUN_CHOOSES = ('block_size', 'vocab_size', 'dropout', 'param_dtype') + EXECUTION_FIELDS

@@ -22,12 +22,11 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from tqdm import tqdm
@@ -39,6 +38,9 @@ from gptjax import metrics as metrics_lib
 from gptjax import accumulate, hardware, objectives, parallel, pretrained, provenance
 from gptjax.errors import GptjaxError
 from gptjax.model import EXECUTION_FIELDS, GPT, GPTConfig, count_params
+
+if TYPE_CHECKING:  # only in annotations: importing this module needs no ml_collections
+  import ml_collections
 
 
 @flax.struct.dataclass

@@ -12,6 +12,12 @@ One forward serves training and decoding:
 
 With a cache, each row's new tokens are written at that row's `cache.pos` and attend over the
 cached prefix; see `kv_cache.py`. The model holds no state between calls.
+
+How it computes (GPTConfig fields that change no parameter, see EXECUTION_FIELDS): `dtype` is the
+activations' and matmuls' dtype ('bfloat16' = mixed precision: parameters stay `param_dtype`, matmuls
+accumulate in float32, LayerNorm statistics and the softmax are float32, and the output head returns
+float32 logits); `remat` rematerializes each block in the backward pass (REMAT_POLICIES);
+`attention_impl` picks `attention` below or jax.nn.dot_product_attention (gptjax/attention.py).
 """
 
 from __future__ import annotations

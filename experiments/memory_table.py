@@ -19,7 +19,7 @@ what GPU and TPU compilers aim for. The einsum attention keeps [batch, heads, se
 cuDNN's flash kernel on a GPU keeps none, so there the no-remat depths would be larger. This is
 XLA:CPU's buffer assignment of the same program, a planning figure, not a GPU measurement.
 
-  python experiments/memory_table.py [--widths=768,1024,1600,2048] [--budget_gib=16]
+  python experiments/memory_table.py [--widths=768,1280,2048] [--budget_gib=16]
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def largest(n_embd, remat, fsdp, budget, rows, seq, log):
           f'({time.perf_counter() - t0:.0f} s to compile)')
     return cache[n]
 
-  if size(1) > budget:
-    return 0, None, cache[1], len(cache)
+  if size(2) > budget:
+    return (0, None, cache[2], len(cache)) if size(1) > budget else (1, cache[1], cache[2], len(cache))
   per_layer = max((size(4) - size(2)) / 2, 1)
   n = max(1, int((budget - size(2)) // per_layer) + 2)
   while n > 1 and size(n) > budget:
@@ -112,7 +112,7 @@ def child(args):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--widths', default='768,1024,1600,2048')
+  parser.add_argument('--widths', default='768,1280,2048')
   parser.add_argument('--budget_gib', type=float, default=16.0)
   parser.add_argument('--rows', type=int, default=8, help='rows of --seq tokens per device')
   parser.add_argument('--seq', type=int, default=1024)
@@ -124,9 +124,9 @@ def main():
   cpu = cpu.split('Model name:')[1].splitlines()[0].strip() if 'Model name:' in cpu else 'unknown CPU'
   env = {**os.environ, 'XLA_FLAGS': FLAGS}  # 8 fake devices: fixed when JAX starts, so in a child
   out = subprocess.run([sys.executable, __file__, '--child', *sys.argv[1:]], env=env, cwd=ROOT,
-                       capture_output=True, text=True)
+                       stdout=subprocess.PIPE, text=True)  # the child's progress goes to stderr as it comes
   if out.returncode:
-    sys.exit(out.stderr)
+    sys.exit(out.returncode)
   results = json.loads(out.stdout.strip().splitlines()[-1])
   print(f'Largest GPT whose compiled train step fits {args.budget_gib:g} GiB per device: {args.rows} x {args.seq} '
         f'tokens per device, bfloat16 compute, float32 params + AdamW, head size 64, vocab 50304; XLA:CPU '

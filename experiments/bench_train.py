@@ -40,12 +40,13 @@ print(json.dumps(dict(val_loss=r['val_loss'], ms=float(np.median(r['ms_per_iter'
 '''
 
 
-def run_gptjax(data, steps, eval_iters, devices):
+def run_gptjax(data, steps, eval_iters, devices, config='configs/shakespeare_char.py', extra_flags=()):
+  """One `python -m gptjax.train` run: {val_loss at the last step, median ms/step, wall s}."""
   with tempfile.TemporaryDirectory() as workdir:
     env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
-    cmd = [sys.executable, '-m', 'gptjax.train', '--config=configs/shakespeare_char.py',
+    cmd = [sys.executable, '-m', 'gptjax.train', f'--config={config}',
            f'--workdir={workdir}', f'--config.data.path={data}', f'--config.train.max_steps={steps}',
-           f'--config.train.eval_iters={eval_iters}', '--noprogress']
+           f'--config.train.eval_iters={eval_iters}', '--noprogress', *extra_flags]
     import time
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)

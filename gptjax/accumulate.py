@@ -1,12 +1,13 @@
 """Gradient accumulation: one optimizer step's gradient computed over micro-batches in a `lax.scan`.
 
 A step on a batch of B rows with `train.grad_accum_steps` = n runs the forward and backward pass on n
-micro-batches of B / n rows one after the other, summing their losses and gradients, and divides by n:
-only one micro-batch's activations are alive at a time. The loss is a mean over the targets of its
-batch, and every micro-batch has the same number of targets (seq_len per row), so the mean of the n
-micro-batch means is the mean over the whole batch and the step equals one on the whole batch (up to
-the order of float additions). The batch, its rows and the data order are what they are without
-accumulation; only the way its gradient is computed changes.
+micro-batches of B / n rows one after the other and sums their losses and gradients: only one
+micro-batch's activations are alive at a time. The loss function is written as each micro-batch's
+share of the whole batch's loss (its summed per-target loss over the whole batch's target count, see
+`train.train_step`), so the sum is the whole batch's mean loss exactly, whatever each micro-batch's
+count of targets (masked-LM picks differ from row to row), and the step equals one on the whole batch
+up to the order of float additions. The batch, its rows, its corruption and the data order are what
+they are without accumulation; only the way its gradient is computed changes.
 
 Micro-batch i takes rows i, i + n, i + 2n, ... of the batch a device (pmap) or the mesh (jit) holds:
 under a mesh, whose devices each hold a contiguous block of rows, every device then contributes
@@ -21,30 +22,34 @@ import jax
 import jax.numpy as jnp
 
 
-def micro_batches(tokens: jax.Array, n: int) -> jax.Array:
+def micro_batches(x: jax.Array, n: int) -> jax.Array:
   """[rows, ...] -> [n, rows // n, ...], micro-batch i holding rows i, i + n, i + 2n, ..."""
-  rows = tokens.shape[0]
+  rows = x.shape[0]
   if rows % n:
     raise ValueError(f'{rows} rows cannot be split into {n} micro-batches')
-  return tokens.reshape((rows // n, n) + tokens.shape[1:]).swapaxes(0, 1)
+  return x.reshape((rows // n, n) + x.shape[1:]).swapaxes(0, 1)
 
 
-def loss_and_grads(fn: Callable, tokens: jax.Array, rng: jax.Array, n: int):
-  """(loss, grads) of fn(tokens, rng) -> (loss, grads) averaged over n micro-batches of tokens.
+def value_and_grad(loss_fn: Callable, params, batch, rng: jax.Array, n: int):
+  """(loss, grads) of loss_fn(params, batch, rng), summed over n micro-batches of `batch`.
 
-  n = 1 calls fn on the whole batch with rng itself (so a run without accumulation is unchanged);
-  otherwise micro-batch i gets fold_in(rng, i). Gradients are summed in float32 whatever their dtype.
+  batch: a pytree of [rows, ...] arrays split along rows (`micro_batches`); loss_fn must be additive
+  over rows (a micro-batch's share of the batch's loss). n = 1 differentiates loss_fn on the whole
+  batch with rng itself, so a run without accumulation is unchanged; otherwise micro-batch i gets
+  fold_in(rng, i) (its dropout differs from the whole batch's). Gradients are summed in float32
+  (or wider) whatever the parameters' dtype, and returned in it.
   """
+  grad_fn = jax.value_and_grad(loss_fn)
   if n == 1:
-    return fn(tokens, rng)
-  parts = micro_batches(tokens, n)
-  shapes = jax.eval_shape(fn, parts[0], rng)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), shapes)
+    return grad_fn(params, batch, rng)
+  parts = jax.tree.map(lambda x: micro_batches(x, n), batch)
+  wide = lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32))
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(wide, params))
 
   def add(total, i_part):
     i, part = i_part
-    out = fn(part, jax.random.fold_in(rng, i))
+    out = grad_fn(params, part, jax.random.fold_in(rng, i))
     return jax.tree.map(lambda t, x: t + x.astype(t.dtype), total, out), None
 
-  total, _ = jax.lax.scan(add, zeros, (jnp.arange(n), parts))
-  return jax.tree.map(lambda t, s: (t / n).astype(s.dtype), total, shapes)
+  (loss, grads), _ = jax.lax.scan(add, zeros, (jnp.arange(n), parts))
+  return loss, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)

@@ -9,6 +9,7 @@ sources, which ship with every Python, so it runs offline anywhere in a couple o
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 from typing import TYPE_CHECKING
@@ -37,8 +38,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.bias = True
   c.model.head_bias = True  # b_O in the output head (where bias is on); GPT-2 has none
   c.model.tie_embeddings = False
-  c.model.pos_encoding = 'learned'  # or 'sinusoidal'
-  c.model.causal = True
+  c.model.pos_encoding = 'learned'  # or 'sinusoidal', or 'rope' (rotary, applied to q and k)
+  c.model.rope_theta = 10000.0  # RoPE's base wavelength
+  c.model.norm = 'layernorm'  # or 'rmsnorm'
+  c.model.mlp = 'gelu'  # or 'swiglu'
+  c.model.mlp_hidden = 0  # MLP hidden width; 0: 4 * n_embd for gelu, 8/3 * n_embd (to a multiple of 8) for swiglu
+  c.model.qk_norm = False  # RMSNorm of each head's queries and keys
+  c.model.causal = True  # False (bidirectional) goes with train.objective='mlm'
   c.model.dtype = 'float32'  # compute dtype; 'bfloat16' = mixed precision (float32 params, optimizer, logits, loss)
   c.model.param_dtype = 'float32'
   c.model.remat = 'none'  # recompute block activations in the backward pass: 'full', 'dots_saveable', ...
@@ -55,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.max_bytes = 4_000_000  # only for the standard-library corpus
 
   c.train = ml_collections.ConfigDict()
+  c.train.objective = 'next_token'  # or 'mlm': BERT's masked-LM (needs model.causal=False)
+  c.train.mask_prob = 0.15  # mlm: the fraction of positions picked (80% [MASK], 10% random, 10% kept)
   c.train.seq_len = 0  # training window; 0: model.block_size
   c.train.batch_size = 16  # global batch: split over all devices of all hosts
   c.train.grad_accum_steps = 1  # compute each step's gradient over this many micro-batches of the batch, in turn
@@ -79,6 +87,14 @@ def get_config() -> ml_collections.ConfigDict:
   # optimizer, step 0; the model's shape comes from there, block_size and vocab_size from here.
   c.train.init_from = ''
   return c
+
+
+def load_file(path: str) -> ml_collections.ConfigDict:
+  """get_config() of the config file at `path`: lets one config build on another (configs/mlm_char.py)."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -160,6 +176,15 @@ def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
     problems.append('train.beta1 and train.beta2 must be in [0, 1)')
   if t.grad_clip < 0 or t.weight_decay < 0:
     problems.append('train.grad_clip and train.weight_decay must be >= 0')
+  if t.objective not in ('next_token', 'mlm'):
+    problems.append(f"train.objective={t.objective!r} must be 'next_token' or 'mlm'")
+  elif (t.objective == 'mlm') == m.causal:
+    problems.append("train.objective='mlm' needs bidirectional attention: set --config.model.causal=False"
+                    if m.causal else "model.causal=False lets each position see the token it must predict "
+                    "under train.objective='next_token'; set --config.model.causal=True or "
+                    "--config.train.objective=mlm")
+  if not 0 < t.mask_prob < 1:
+    problems.append(f'train.mask_prob={t.mask_prob} must be in (0, 1)')
   if t.nan_policy not in ('stop', 'skip'):
     problems.append(f"train.nan_policy={t.nan_policy!r} must be 'stop' or 'skip'")
   if d.tokenizer not in ('byte', 'char', 'bpe', 'gpt2'):

@@ -312,7 +312,82 @@ def _code_points(text: str) -> np.ndarray:
   return np.frombuffer(text.encode('utf-32-le', 'surrogatepass'), np.uint32)
 
 
+# ---------------------------------------------------------------------------------------------
+# Special tokens on top of any tokenizer (the masked-LM objective's [MASK])
+
+MASK_TOKEN = '[MASK]'
+
+
+class WithSpecialTokens:
+  """A tokenizer of any kind plus special tokens, whose ids follow the base vocabulary.
+
+  encode() turns each occurrence of a special token's text (e.g. '[MASK]') into its id and the text
+  between occurrences into the base tokenizer's ids; decode() reverses it. It is saved as the base's
+  dict plus 'special_tokens': [...], so every tokenizer.json without that key loads as it always did.
+  """
+
+  def __init__(self, base: Tokenizer, special_tokens):
+    special_tokens = list(special_tokens)
+    if (not special_tokens or not all(isinstance(t, str) and t for t in special_tokens)
+        or len(set(special_tokens)) != len(special_tokens)):
+      raise GptjaxError(f'special tokens must be distinct non-empty strings, got {special_tokens}')
+    self.base = base
+    self.kind = base.kind
+    self.special_tokens = special_tokens
+    self.special_ids = {t: base.vocab_size + i for i, t in enumerate(special_tokens)}
+    self.vocab_size = base.vocab_size + len(special_tokens)
+    # The longest first, so that a special token containing another one is matched whole.
+    alternatives = sorted(special_tokens, key=len, reverse=True)
+    self._splitter = re.compile('(' + '|'.join(re.escape(t) for t in alternatives) + ')')
+
+  def encode(self, text: str | bytes) -> np.ndarray:
+    if isinstance(text, bytes):  # raw bytes (a byte run's corpus or evaluation file) hold no markers
+      return np.asarray(self.base.encode(text), np.int32)
+    pieces = []
+    for i, part in enumerate(self._splitter.split(text)):  # odd pieces are the special tokens
+      if i % 2:
+        pieces.append(np.array([self.special_ids[part]], np.int32))
+      elif part:
+        pieces.append(np.asarray(self.base.encode(part), np.int32))
+    return np.concatenate(pieces) if pieces else np.zeros((0,), np.int32)
+
+  def decode(self, ids) -> str:
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+      raise GptjaxError(f'token ids must be in [0, {self.vocab_size}) for this tokenizer')
+    special = ids >= self.base.vocab_size
+    # Runs of base ids decode together (a character's UTF-8 bytes may span several byte ids).
+    starts = np.flatnonzero(np.diff(special.astype(np.int8), prepend=2))
+    out = []
+    for start, end in zip(starts, list(starts[1:]) + [len(ids)]):
+      if special[start]:
+        out.extend(self.special_tokens[int(i) - self.base.vocab_size] for i in ids[start:end])
+      else:
+        out.append(self.base.decode(ids[start:end]))
+    return ''.join(out)
+
+  def num_bytes(self, ids) -> int:
+    """UTF-8 bytes of the text the ids stand for: special tokens stand for none."""
+    ids = np.asarray(ids).reshape(-1)
+    return self.base.num_bytes(ids[ids < self.base.vocab_size])
+
+  def to_dict(self) -> dict:
+    return {**self.base.to_dict(), 'special_tokens': list(self.special_tokens)}
+
+
+def with_mask_token(tokenizer: Tokenizer) -> WithSpecialTokens:
+  """`tokenizer` plus the masked-LM objective's MASK_TOKEN (id = its vocab_size); unchanged if it has it."""
+  if isinstance(tokenizer, WithSpecialTokens):
+    if MASK_TOKEN in tokenizer.special_ids:
+      return tokenizer
+    return WithSpecialTokens(tokenizer.base, tokenizer.special_tokens + [MASK_TOKEN])
+  return WithSpecialTokens(tokenizer, [MASK_TOKEN])
+
+
 def tokenizer_from_dict(d: dict) -> Tokenizer:
+  if d.get('special_tokens'):  # any kind, plus special tokens (absent from older tokenizer files)
+    return WithSpecialTokens(tokenizer_from_dict({k: v for k, v in d.items() if k != 'special_tokens'}),
+                             d['special_tokens'])
   kind = d.get('kind')
   if kind == 'char':
     return CharTokenizer(d['chars'])

@@ -195,6 +195,9 @@ def check_request(config: GPTConfig, prompts, lengths, max_new_tokens, temperatu
   """Validates generate()'s arguments before any compute: returns (prompts [batch, prompt_len]
   int32, lengths [batch] int32, Sampling, stop tokens) or raises GptjaxError saying what is wrong."""
   integer = lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+  if not config.causal:
+    raise GptjaxError('generation needs a causal model; this one is bidirectional (a masked LM): fill '
+                      'masked text with gptjax.fill instead')
   if not integer(max_new_tokens) or max_new_tokens < 1:
     raise GptjaxError(f'max_new_tokens={max_new_tokens} must be an integer >= 1')
   if not integer(pad_id) or not all(integer(t) for t in stop_tokens):

@@ -14,6 +14,13 @@ per (model, batch_size, context), however long the text.
 Bits per byte = total nats / (ln 2 * UTF-8 bytes of the scored tokens) measures the same thing
 whatever the tokenizer: byte-, char- and subword-level runs compare on it, not on loss per token.
 
+A masked-LM run (train.objective='mlm', bidirectional) is scored on masked tokens instead: each
+window's tokens get BERT's corruption with the fixed evaluation seed (window k with
+fold_in(EVAL_CORRUPTION_SEED, k), whatever the batch size), and loss and accuracy are over the picked
+positions among those the window scores (about mask_prob of the text; no bits per byte). Its windows
+never run past the text (the last one ends at the text's end), since a bidirectional model would see
+the padding.
+
     result = evaluate(params, model_config, ids, tokenizer=tokenizer)   # EvalResult
     result.loss, result.perplexity, result.bits_per_byte, result.tokens, result.bytes
 
@@ -36,6 +43,7 @@ from tqdm import tqdm
 
 from gptjax import data as data_lib
 from gptjax import objectives
+from gptjax.data import MASK_TOKEN
 from gptjax.errors import GptjaxError
 from gptjax.model import GPT, GPTConfig
 
@@ -45,8 +53,8 @@ class EvalResult:
   loss: float  # mean nats per scored token
   perplexity: float  # exp(loss)
   bits_per_byte: float | None  # nats / (ln 2 * bytes); None when no tokenizer was given
-  accuracy: float  # fraction of scored tokens that are the model's most likely next token
-  tokens: int  # tokens scored: every token of the text but the first
+  accuracy: float  # fraction of scored tokens that are the model's most likely next (or masked) token
+  tokens: int  # tokens scored: every token of the text but the first (mlm: the masked ones among them)
   bytes: int | None  # UTF-8 bytes of the scored tokens
   nats: float  # total -log P over the scored tokens
   context: int  # positions per window
@@ -59,24 +67,45 @@ class EvalResult:
 
 # ---------------------------------------------------------------------------------------------
 # Objectives: how a batch of windows is scored. Each one maps
-#   (params, tokens [batch, context + 1] int32, weights [batch, context] float32, *, config)
-#   -> {'nll': [batch] summed nats over the weighted targets, 'correct': [batch] weighted top-1 hits}
-# weights[b, j] is 1 where target j of row b is scored (0 = padding or scored by another window).
-# Another objective (e.g. a masked-LM one) is another entry with the same signature.
+#   (params, tokens [batch, context + 1] int32, weights [batch, context] float32,
+#    windows [batch] int32, *, config, objective)
+#   -> {'nll': [batch] summed nats over the scored targets, 'correct': [batch] top-1 hits,
+#       'count': [batch] scored targets}
+# weights[b, j] is 1 where target j of row b (token j + 1 of the window) may be scored (0 = padding
+# or scored by another window); windows[b] is the row's window index in the text.
 
 
-@functools.partial(jax.jit, static_argnames='config')
-def next_token_sums(params, tokens: jax.Array, weights: jax.Array, *, config: GPTConfig) -> dict:
+def _sums(logits, targets, scored) -> dict:
+  nll = jnp.where(scored, objectives.token_nll(logits, targets), 0.0)  # padding may be any value
+  correct = scored & (jnp.argmax(logits, axis=-1) == targets)
+  return {'nll': jnp.sum(nll, axis=-1), 'correct': jnp.sum(correct, axis=-1, dtype=jnp.int32),
+          'count': jnp.sum(scored, axis=-1, dtype=jnp.int32)}
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'objective'))
+def next_token_sums(params, tokens: jax.Array, weights: jax.Array, windows: jax.Array | None = None, *,
+                    config: GPTConfig, objective: objectives.Objective = objectives.NEXT_TOKEN) -> dict:
   """Summed -log P(t_{i+1} | t_<=i) and top-1 hits per row, over the weighted targets."""
   inputs, targets = objectives.next_token_split(tokens)
   logits = GPT(config).apply({'params': params}, inputs)  # [batch, context, vocab] float32
-  scored = weights > 0
-  nll = jnp.where(scored, objectives.token_nll(logits, targets), 0.0)  # padding may be any value
-  correct = scored & (jnp.argmax(logits, axis=-1) == targets)
-  return {'nll': jnp.sum(nll, axis=-1), 'correct': jnp.sum(correct, axis=-1, dtype=jnp.int32)}
+  return _sums(logits, targets, weights > 0)
 
 
-OBJECTIVES = {'next_token': next_token_sums}
+@functools.partial(jax.jit, static_argnames=('config', 'objective'))
+def masked_token_sums(params, tokens: jax.Array, weights: jax.Array, windows: jax.Array, *,
+                      config: GPTConfig, objective: objectives.Objective) -> dict:
+  """Summed -log P(original token | the corrupted window) and top-1 hits per row, over the positions
+  BERT's corruption picks among the weighted ones. A window is its `context` tokens after the first
+  (the next-token targets, so the weights line up); window k is corrupted with the fixed key
+  fold_in(EVAL_CORRUPTION_SEED, k)."""
+  targets = tokens[:, 1:]
+  key = jax.random.PRNGKey(objectives.EVAL_CORRUPTION_SEED)
+  inputs, picked = objectives.corrupt(objective, targets, key, windows)
+  logits = GPT(config).apply({'params': params}, inputs)
+  return _sums(logits, targets, (weights > 0) & (picked > 0))
+
+
+OBJECTIVES = {'next_token': next_token_sums, 'mlm': masked_token_sums}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,14 +119,15 @@ def num_windows(n_tokens: int, context: int, stride: int) -> int:
 
 
 def window_batch(tokens: np.ndarray, first_window: int, batch_size: int, context: int,
-                 stride: int) -> tuple[np.ndarray, np.ndarray]:
+                 stride: int, within_text: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Windows first_window .. first_window + batch_size - 1 as (ids [batch, context + 1] int32,
   weights [batch, context] float32). Positions past the text, and rows past the last window, are
-  padding (id 0, weight 0)."""
+  padding (id 0, weight 0). within_text: the last window is moved back to end at the text's end
+  (it still scores only the targets no earlier window scored), so no window holds padding."""
   n = len(tokens)
   k = first_window + np.arange(batch_size)  # [batch] window index
   real = k < num_windows(n, context, stride)
-  start = np.where(real, k * stride, 0)
+  start = np.where(real, np.minimum(k * stride, max(n - 1 - context, 0)) if within_text else k * stride, 0)
   index = start[:, None] + np.arange(context + 1)[None, :]  # [batch, context + 1] token index
   ids = np.where(index < n, np.asarray(tokens[np.minimum(index, n - 1)]), 0).astype(np.int32)
   first_scored = np.where(k == 0, 1, (k - 1) * stride + context + 1)  # after the previous window's end
@@ -112,14 +142,15 @@ def window_batch(tokens: np.ndarray, first_window: int, batch_size: int, context
 
 def evaluate(params, config: GPTConfig, tokens, *, tokenizer: data_lib.Tokenizer | None = None,
              context: int | None = None, stride: int | None = None, batch_size: int = 16,
-             objective: str = 'next_token', progress: bool = False) -> EvalResult:
+             objective: str | objectives.Objective = 'next_token', progress: bool = False) -> EvalResult:
   """Scores every token of `tokens` (1-D ids) after the first exactly once; see the module docstring.
 
   params: the model's parameters; config: its GPTConfig. tokenizer: the one that made the ids, for
   the byte count (bits per byte is None without it). context: positions per window (default
   config.block_size; use the run's train.seq_len if it trained on shorter windows). stride:
   positions between windows (default context: no overlap). batch_size: windows per call.
-  progress: a tqdm bar on stderr when there is more than one batch.
+  progress: a tqdm bar on stderr when there is more than one batch. objective: 'next_token', or
+  'mlm' / an objectives.Objective for a masked-LM model ('mlm' takes the [MASK] id from tokenizer).
   """
   if not isinstance(tokens, np.ndarray):  # a memmap of a prepared split stays one (read as needed)
     tokens = np.asarray(tokens)
@@ -137,40 +168,51 @@ def evaluate(params, config: GPTConfig, tokens, *, tokenizer: data_lib.Tokenizer
     raise GptjaxError(f'stride={stride} must be between 1 and context={context}')
   if batch_size < 1:
     raise GptjaxError(f'batch_size={batch_size} must be >= 1')
-  if objective not in OBJECTIVES:
-    raise GptjaxError(f'objective={objective!r} must be one of {sorted(OBJECTIVES)}')
-  if objective == 'next_token' and not config.causal:
+  if not isinstance(objective, objectives.Objective):
+    if objective not in OBJECTIVES:
+      raise GptjaxError(f'objective={objective!r} must be one of {sorted(OBJECTIVES)}')
+    if objective == 'mlm' and MASK_TOKEN not in getattr(tokenizer, 'special_ids', {}):
+      raise GptjaxError(f"objective='mlm' needs the run's tokenizer, with its {MASK_TOKEN} token")
+    objective = objectives.for_run({'objective': objective}, tokenizer)
+  if objective.kind == 'next_token' and not config.causal:
     raise GptjaxError('the model is bidirectional (causal=False): it sees the token it would predict, '
-                      'so next-token loss means nothing for it')
+                      'so next-token loss means nothing for it; score it with objective=mlm')
+  if objective.kind == 'mlm':
+    if config.causal:
+      raise GptjaxError('masked-token scores need a bidirectional model (causal=False); this one is causal')
+    context = min(context, len(tokens) - 1)  # whole windows: a bidirectional model would see padding
   low, high = int(tokens.min()), int(tokens.max())
   if low < 0 or high >= config.vocab_size:
     raise GptjaxError(f'token ids must be in [0, {config.vocab_size}) for this model; got {low} .. {high}')
 
-  score = functools.partial(OBJECTIVES[objective], config=config)
+  score = functools.partial(OBJECTIVES[objective.kind], config=config, objective=objective)
   params = jax.device_put(params)  # once, not on every call
   n_windows = num_windows(len(tokens), context, stride)
   n_batches = -(-n_windows // batch_size)
-  nats, correct = 0.0, 0  # float64 / exact sums on the host
+  nats, correct, count = 0.0, 0, 0  # float64 / exact sums on the host
   with tqdm(total=n_batches, unit='batch', desc='evaluate', leave=False,
             disable=not progress or n_batches <= 1, dynamic_ncols=True) as bar:
     previous = None  # the last call's output, read while the next call runs
     for b in range(n_batches + 1):
-      out = score(params, *window_batch(tokens, b * batch_size, batch_size, context, stride)) \
+      windows = np.arange(b * batch_size, (b + 1) * batch_size, dtype=np.int32)
+      out = score(params, *window_batch(tokens, b * batch_size, batch_size, context, stride,
+                                        within_text=objective.kind == 'mlm'), windows) \
           if b < n_batches else None
       if previous is not None:
         sums = jax.device_get(previous)
         nats += float(np.sum(sums['nll'], dtype=np.float64))
         correct += int(np.sum(sums['correct']))
+        count += int(np.sum(sums['count']))
         bar.update(1)
       previous = out
 
-  n_scored = len(tokens) - 1
-  loss = nats / n_scored
-  n_bytes = tokenizer.num_bytes(tokens[1:]) if tokenizer is not None else None
+  n_scored = count  # every token but the first; under mlm the masked ones among them
+  loss = nats / max(n_scored, 1)
+  n_bytes = tokenizer.num_bytes(tokens[1:]) if tokenizer is not None and objective.kind == 'next_token' else None
   return EvalResult(
       loss=loss, perplexity=math.exp(loss) if loss < 700 else math.inf,
       bits_per_byte=nats / (math.log(2) * n_bytes) if n_bytes else None,
-      accuracy=correct / n_scored, tokens=n_scored, bytes=n_bytes, nats=nats, context=context,
+      accuracy=correct / max(n_scored, 1), tokens=n_scored, bytes=n_bytes, nats=nats, context=context,
       stride=stride, windows=n_windows)
 
 
@@ -231,14 +273,18 @@ def evaluate_run(workdir: str, *, data: str | None = None, split: str = 'val', s
     if not os.path.exists(os.path.join(data_dir, 'meta.json')):
       raise GptjaxError(f'{data_dir} holds no prepared data; pass --data=FILE to evaluate on a text file')
     ids, source = data_lib.load_split(data_dir, split), os.path.abspath(os.path.join(data_dir, f'{split}.bin'))
+  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+    train_config = json.load(f).get('train', {})
   if context is None:
-    with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
-      context = json.load(f).get('train', {}).get('seq_len') or model_config.block_size
-    context = min(context, model_config.block_size)
+    context = min(train_config.get('seq_len') or model_config.block_size, model_config.block_size)
+  objective = objectives.for_run(train_config, tokenizer)  # mlm runs: masked-token loss and accuracy
   result = evaluate(params, model_config, ids, tokenizer=tokenizer, context=context, stride=stride,
-                    batch_size=batch_size, progress=progress)
-  return {'workdir': os.path.abspath(workdir), 'step': step, 'data': source, 'tokenizer': tokenizer.kind,
-          **result.to_dict()}
+                    batch_size=batch_size, objective=objective, progress=progress)
+  record = {'workdir': os.path.abspath(workdir), 'step': step, 'data': source, 'tokenizer': tokenizer.kind,
+            **result.to_dict()}
+  if objective.kind == 'mlm':
+    record['objective'] = 'mlm'
+  return record
 
 
 def summary(record: dict) -> str:
@@ -246,9 +292,10 @@ def summary(record: dict) -> str:
   has_bytes = record['bytes'] is not None
   bpb = f', {record["bits_per_byte"]:.4f} bits/byte' if has_bytes else ''
   n_bytes = f'{record["bytes"]:,} bytes; ' if has_bytes else ''
+  what = 'masked tokens' if record.get('objective') == 'mlm' else 'tokens'
   return (f'step {record["step"]} on {record["data"]}: loss {record["loss"]:.4f} nats/token, perplexity '
           f'{record["perplexity"]:.3f}{bpb}, accuracy {100 * record["accuracy"]:.2f}% over '
-          f'{record["tokens"]:,} tokens ({n_bytes}context {record["context"]}, stride {record["stride"]})')
+          f'{record["tokens"]:,} {what} ({n_bytes}context {record["context"]}, stride {record["stride"]})')
 
 
 def main():

@@ -15,9 +15,18 @@ cached prefix; see `kv_cache.py`. The model holds no state between calls.
 
 How it computes (GPTConfig fields that change no parameter, see EXECUTION_FIELDS): `dtype` is the
 activations' and matmuls' dtype ('bfloat16' = mixed precision: parameters stay `param_dtype`, matmuls
-accumulate in float32, LayerNorm statistics and the softmax are float32, and the output head returns
-float32 logits); `remat` rematerializes each block in the backward pass (REMAT_POLICIES);
+accumulate in float32, LayerNorm/RMSNorm statistics, RoPE and the softmax are float32, and the output
+head returns float32 logits); `remat` rematerializes each block in the backward pass (REMAT_POLICIES);
 `attention_impl` picks `attention` below or jax.nn.dot_product_attention (gptjax/attention.py).
+
+The defaults build GPT-2's block. Llama-style options, each a GPTConfig switch that changes nothing
+(parameter names, values or logits) while it is off:
+
+    pos_encoding='rope'   no P in the input: q and k of each head are rotated by their token's position
+    norm='rmsnorm'        ln_1, ln_2, ln_f as RMSNorm: x / rms(x) * g, no mean, no bias
+    mlp='swiglu'          silu(x W_gate) * (x W_fc), then W_proj; hidden width 8/3 d (see mlp_width)
+    qk_norm=True          RMSNorm of each head's q and k before RoPE and the dot product
+    bias=False            no biases anywhere;  n_kv_head < n_head: grouped-query attention
 """
 
 from __future__ import annotations
@@ -63,7 +72,12 @@ class GPTConfig:
   bias: bool = True  # biases in Dense layers and LayerNorms, and b_O in the output head
   head_bias: bool = True  # b_O in the output head (only where `bias` is on); GPT-2 has none
   tie_embeddings: bool = False  # W_O = E^T (the token embedding read backwards)
-  pos_encoding: str = 'learned'  # 'learned' (a table P) or 'sinusoidal' (fixed, Vaswani et al.)
+  pos_encoding: str = 'learned'  # 'learned' (a table P), 'sinusoidal' (fixed, Vaswani et al.) or 'rope'
+  rope_theta: float = 10000.0  # RoPE: pair i of a head turns by position * rope_theta^(-2i / head_dim)
+  norm: str = 'layernorm'  # or 'rmsnorm'
+  mlp: str = 'gelu'  # or 'swiglu'
+  mlp_hidden: int = 0  # the MLP's hidden width; 0: mlp_width's default for the mlp kind
+  qk_norm: bool = False  # RMSNorm each head's queries and keys before the dot product
   causal: bool = True  # False gives bidirectional attention (for a masked-LM objective)
   dtype: str = 'float32'  # compute dtype of activations and matmuls ('bfloat16': mixed precision)
   param_dtype: str = 'float32'
@@ -86,10 +100,20 @@ class GPTConfig:
       problems.append(f'n_kv_head={self.n_kv_head} must be 0 or divide n_head={self.n_head}')
     if not 0.0 <= self.dropout < 1.0:
       problems.append(f'dropout={self.dropout} must be in [0, 1)')
-    if self.pos_encoding not in ('learned', 'sinusoidal'):
-      problems.append(f"pos_encoding={self.pos_encoding!r} must be 'learned' or 'sinusoidal'")
+    if self.pos_encoding not in ('learned', 'sinusoidal', 'rope'):
+      problems.append(f"pos_encoding={self.pos_encoding!r} must be 'learned', 'sinusoidal' or 'rope'")
     if self.pos_encoding == 'sinusoidal' and self.n_embd % 2:
       problems.append(f'sinusoidal positions need an even n_embd, got {self.n_embd}')
+    if self.pos_encoding == 'rope' and self.n_head >= 1 and (self.n_embd // self.n_head) % 2:
+      problems.append(f'rope needs an even head_dim (n_embd / n_head), got {self.n_embd // max(self.n_head, 1)}')
+    if not self.rope_theta > 0:
+      problems.append(f'rope_theta={self.rope_theta} must be > 0')
+    if self.norm not in ('layernorm', 'rmsnorm'):
+      problems.append(f"norm={self.norm!r} must be 'layernorm' or 'rmsnorm'")
+    if self.mlp not in ('gelu', 'swiglu'):
+      problems.append(f"mlp={self.mlp!r} must be 'gelu' or 'swiglu'")
+    if self.mlp_hidden < 0:
+      problems.append(f'mlp_hidden={self.mlp_hidden} must be >= 1 (or 0 for the default width)')
     for name in ('dtype', 'param_dtype'):
       if getattr(self, name) not in ('float32', 'bfloat16', 'float16'):
         problems.append(f"{name}={getattr(self, name)!r} must be 'float32', 'bfloat16' or 'float16'")
@@ -112,6 +136,14 @@ class GPTConfig:
   def kv_heads(self) -> int:
     return self.n_kv_head or self.n_head
 
+  @property
+  def mlp_width(self) -> int:
+    """The MLP's hidden width: mlp_hidden, or by default 4 d for gelu (two d x 4d matrices, 8 d^2) and
+    8/3 d rounded up to a multiple of 8 for swiglu (three d x h matrices: 8 d^2 again, +0.8% at d=128)."""
+    if self.mlp_hidden:
+      return self.mlp_hidden
+    return 8 * -(-self.n_embd // 3) if self.mlp == 'swiglu' else 4 * self.n_embd
+
 
 def _float32_dot(lhs, rhs, dimension_numbers, precision=None, **kwargs):
   """lax.dot_general with float32 products and output, for inputs of any (lower) precision."""
@@ -124,6 +156,32 @@ def sinusoidal_positions(n_pos: int, d: int) -> jax.Array:
   pos = jnp.arange(n_pos, dtype=jnp.float32)[:, None]
   freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, d, 2, dtype=jnp.float32) / d)[None, :]
   return jnp.stack([jnp.sin(pos * freq), jnp.cos(pos * freq)], axis=-1).reshape(n_pos, d)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (Su et al., 2021): x [batch, seq, heads, head_dim] at positions
+  [batch or 1, seq] -> x with each pair (x_i, x_{i + head_dim/2}) turned by the angle
+  position * theta^(-2i / head_dim) (the half-split pairing of GPT-NeoX and Hugging Face's Llama).
+
+  Rotations compose, so a query at position m and a key at position n score (R_m q)^T (R_n k) =
+  q^T R_{n-m} k: attention sees only the offset n - m, whatever the absolute positions.
+  Computed in float32 and returned in x's dtype.
+  """
+  half = x.shape[-1] // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [head_dim / 2]
+  angle = positions.astype(jnp.float32)[:, :, None, None] * freq  # [batch, seq, 1, head_dim / 2]
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+
+
+def norm(config: GPTConfig, name: str | None = None, kind: str | None = None) -> nn.Module:
+  """LayerNorm (GPT-2: (x - mean) / std * g + b) or RMSNorm (Llama: x / rms(x) * g), over the last
+  axis; `kind` ('layernorm' or 'rmsnorm') defaults to config.norm."""
+  if (kind or config.norm) == 'rmsnorm':
+    return nn.RMSNorm(epsilon=1e-5, dtype=config.dtype, param_dtype=config.param_dtype, name=name)
+  return nn.LayerNorm(epsilon=1e-5, use_bias=config.bias, dtype=config.dtype, param_dtype=config.param_dtype,
+                      name=name)
 
 
 def attention(q, k, v, mask, dropout: nn.Module, deterministic: bool):
@@ -153,11 +211,12 @@ class CausalSelfAttention(nn.Module):
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, x, mask, kv=None, pos=None, *, deterministic=True):
+  def __call__(self, x, mask, kv=None, pos=None, positions=None, *, deterministic=True):
     """x: [batch * seq, n_embd]; mask: [batch, seq, kv_len] (kv_len = seq, or the cache's max_len).
 
     kv: this layer's cached (k, v) buffers [batch * n_kv_head, max_len, head_dim] or None;
-    pos: [batch] slots already filled. Returns (y [batch * seq, n_embd], updated kv or None).
+    pos: [batch] slots already filled; positions: [batch or 1, seq] each token's position (for RoPE).
+    Returns (y [batch * seq, n_embd], updated kv or None).
     """
     c = self.config
     batch, seq, _ = mask.shape
@@ -167,6 +226,11 @@ class CausalSelfAttention(nn.Module):
     qkv = dense((c.n_head + 2 * c.kv_heads) * c.head_dim, 0.02, 'c_attn')(x)
     q, k, v = jnp.split(qkv, [c.n_head * c.head_dim, (c.n_head + c.kv_heads) * c.head_dim], axis=-1)
     q = q.reshape(batch, seq, c.n_head, c.head_dim)
+    k = k.reshape(batch, seq, c.kv_heads, c.head_dim)
+    if c.qk_norm:  # unit-RMS queries and keys (times a learned gain): attention logits stay bounded
+      q, k = norm(c, 'q_norm', 'rmsnorm')(q), norm(c, 'k_norm', 'rmsnorm')(k)
+    if c.pos_encoding == 'rope':  # each token at its own position (its row's cache slot when decoding)
+      q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
     to_heads = lambda t: (t.reshape(batch, seq, c.kv_heads, c.head_dim).transpose(0, 2, 1, 3)
                           .reshape(batch * c.kv_heads, seq, c.head_dim))
     k, v = to_heads(k), to_heads(v)  # [batch * n_kv_head, seq, head_dim]
@@ -186,32 +250,37 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+  """gelu(x W_fc) W_proj (GPT-2), or (silu(x W_gate) * x W_fc) W_proj (SwiGLU, Shazeer 2020)."""
+
   config: GPTConfig
 
   @nn.compact
   def __call__(self, x, *, deterministic=True):
     c = self.config
-    x = nn.Dense(4 * c.n_embd, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
-                 kernel_init=nn.initializers.normal(0.02), name='c_fc')(x)
-    x = nn.gelu(x, approximate=True)
-    x = nn.Dense(c.n_embd, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
-                 kernel_init=nn.initializers.normal(0.02 / math.sqrt(2 * c.n_layer)), name='c_proj')(x)
+    dense = lambda features, std, name: nn.Dense(
+        features, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
+        kernel_init=nn.initializers.normal(std), name=name)
+    h = dense(c.mlp_width, 0.02, 'c_fc')(x)  # [batch * seq, mlp_width]
+    if c.mlp == 'swiglu':
+      h = nn.silu(dense(c.mlp_width, 0.02, 'c_gate')(x)) * h
+    else:
+      h = nn.gelu(h, approximate=True)
+    x = dense(c.n_embd, 0.02 / math.sqrt(2 * c.n_layer), 'c_proj')(h)
     return nn.Dropout(c.dropout)(x, deterministic=deterministic)
 
 
 class Block(nn.Module):
-  """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+  """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, x, mask, kv=None, pos=None, deterministic=True):
+  def __call__(self, x, mask, kv=None, pos=None, positions=None, deterministic=True):
     c = self.config
-    ln = lambda name: nn.LayerNorm(epsilon=1e-5, use_bias=c.bias, dtype=c.dtype,
-                                   param_dtype=c.param_dtype, name=name)
-    y, kv = CausalSelfAttention(c, name='attn')(ln('ln_1')(x), mask, kv, pos, deterministic=deterministic)
+    y, kv = CausalSelfAttention(c, name='attn')(norm(c, 'ln_1')(x), mask, kv, pos, positions,
+                                                deterministic=deterministic)
     x = x + y
-    x = x + MLP(c, name='mlp')(ln('ln_2')(x), deterministic=deterministic)
+    x = x + MLP(c, name='mlp')(norm(c, 'ln_2')(x), deterministic=deterministic)
     return x, kv
 
 
@@ -220,8 +289,8 @@ def remat_block(c: GPTConfig):
   h_1, ...), so the parameter names are the same either way and checkpoints cross."""
   if c.remat == 'none':
     return Block
-  # static_argnums counts self as 0: `deterministic` (5) is a Python bool that Dropout branches on.
-  return nn.remat(Block, policy=REMAT_POLICIES[c.remat], static_argnums=(5,))
+  # static_argnums counts self as 0: `deterministic` (6) is a Python bool that Dropout branches on.
+  return nn.remat(Block, policy=REMAT_POLICIES[c.remat], static_argnums=(6,))
 
 
 class GPT(nn.Module):
@@ -236,7 +305,7 @@ class GPT(nn.Module):
                           dtype=c.dtype, param_dtype=c.param_dtype)  # P: [block_size, n_embd]
     self.drop = nn.Dropout(c.dropout)
     self.h = [remat_block(c)(c, name=f'h_{i}') for i in range(c.n_layer)]
-    self.ln_f = nn.LayerNorm(epsilon=1e-5, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype)
+    self.ln_f = norm(c)
     if c.tie_embeddings:
       if c.bias and c.head_bias:
         self.b_O = self.param('lm_head_bias', nn.initializers.zeros, (c.vocab_size,), c.param_dtype)
@@ -248,8 +317,13 @@ class GPT(nn.Module):
                               dot_general=_float32_dot)  # W_O, b_O
 
   def embed(self, tokens, positions):
-    """X = E[tokens] + P[positions]: tokens, positions [batch, seq] -> [batch, seq, n_embd]."""
+    """X = E[tokens] + P[positions]: tokens, positions [batch, seq] -> [batch, seq, n_embd].
+
+    With RoPE, X = E[tokens]: positions enter through the rotation of q and k in every layer.
+    """
     c = self.config
+    if c.pos_encoding == 'rope':
+      return self.wte(tokens)
     if c.pos_encoding == 'learned':
       p = self.wpe(positions)
     else:
@@ -281,15 +355,15 @@ class GPT(nn.Module):
     new_k, new_v = [], []
     for i, block in enumerate(self.h):
       kv = None if cache is None else (cache.k[i], cache.v[i])
-      x, kv = block(x, mask, kv, None if cache is None else cache.pos, deterministic)
+      x, kv = block(x, mask, kv, None if cache is None else cache.pos, positions, deterministic)
       if cache is not None:
         new_k.append(kv[0])
         new_v.append(kv[1])
     x = self.ln_f(x)
 
     if c.tie_embeddings:
-      e = self.wte.embedding.astype(c.dtype)
-      logits = _float32_dot(x.astype(c.dtype), e, (((1,), (1,)), ((), ())))  # h E^T
+      # h E^T, as Embed.attend computes it but accumulated and returned in float32 (see lm_head).
+      logits = jnp.dot(x.astype(c.dtype), self.wte.embedding.astype(c.dtype).T, preferred_element_type=jnp.float32)
       if c.bias and c.head_bias:
         logits = logits + self.b_O.astype(jnp.float32)
     else:

@@ -59,6 +59,9 @@ def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int | None
   if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
     raise GptjaxError(f'max_new_tokens={max_new_tokens} must be an integer >= 1')
   params, model_config, tokenizer, _ = load_run(workdir, step)
+  if not model_config.causal:
+    raise GptjaxError(f'{workdir} is a masked-LM run (bidirectional): it fills in masked text rather than '
+                      f'continuing it; use python -m gptjax.fill --workdir={workdir} --text="...[MASK]..."')
   ids = tokenizer.encode(prompt)
   if max_new_tokens is None:
     if len(ids) >= model_config.block_size:

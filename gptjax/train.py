@@ -15,6 +15,7 @@ Run: python -m gptjax.train --config=configs/shakespeare_char.py --workdir=runs/
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -83,7 +84,8 @@ def init_state(model_config: GPTConfig, tx: optax.GradientTransformation, seed: 
 
 
 def train_step(state: TrainState, tokens: jax.Array, *, model: GPT, tx, skip_nonfinite: bool = False,
-               axis_name: str | None = parallel.AXIS, grad_accum_steps: int = 1):
+               objective: objectives.Objective = objectives.NEXT_TOKEN, axis_name: str | None = parallel.AXIS,
+               grad_accum_steps: int = 1):
   """One update on this device's shard tokens [batch, seq + 1]; grads averaged over `axis_name`.
 
   grad_accum_steps > 1 computes the gradient over that many micro-batches in turn (gptjax/accumulate.py).
@@ -91,21 +93,22 @@ def train_step(state: TrainState, tokens: jax.Array, *, model: GPT, tx, skip_non
   gradient is NaN/Inf is dropped (the step counter still advances past its batch).
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  inputs, targets, weights = objectives.examples(objective, tokens, rng,
+                                                 objectives.shard_rows(tokens.shape[0], axis_name))
+  scale = objectives.shard_loss_scale(weights, axis_name)
+  count = jnp.maximum(jnp.sum(weights), 1.0)  # this shard's real targets
   if axis_name is not None:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
-  def loss_and_grads(tokens, rng):  # of one (micro-)batch tokens [rows, seq + 1]
-    inputs, targets = objectives.next_token_split(tokens)
+  def loss_fn(params, batch, rng):  # batch's share of the shard's mean loss (all of it without accumulation)
+    inputs, targets, weights = batch
+    logits = model.apply({'params': params}, inputs, deterministic=model.config.dropout == 0.0,
+                         rngs={'dropout': rng})
+    return objectives.cross_entropy(logits, targets, weights)[1][0] / count * scale
 
-    def loss_fn(params):
-      logits = model.apply({'params': params}, inputs, deterministic=model.config.dropout == 0.0,
-                           rngs={'dropout': rng})
-      return objectives.cross_entropy(logits, targets)[0]
-
-    return jax.value_and_grad(loss_fn)(state.params)
-
-  loss, grads = accumulate.loss_and_grads(loss_and_grads, tokens, rng, grad_accum_steps)
-  if axis_name is not None:  # every shard has the same number of targets: the mean of means is exact
+  loss, grads = accumulate.value_and_grad(loss_fn, state.params, (inputs, targets, weights), rng,
+                                          grad_accum_steps)
+  if axis_name is not None:  # scaled so that the mean of the shards' means is the global batch's mean
     loss, grads = jax.lax.pmean((loss, grads), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -123,18 +126,22 @@ def train_steps(state: TrainState, tokens: jax.Array, **step_kwargs):
   return jax.lax.scan(functools.partial(train_step, **step_kwargs), state, tokens)
 
 
-def eval_step(params, tokens: jax.Array, *, model: GPT, axis_name: str | None = parallel.AXIS):
-  """Summed next-token NLL and target count over tokens [n_batches, batch, seq + 1] (psum'd)."""
+def eval_step(params, tokens: jax.Array, *, model: GPT, objective: objectives.Objective = objectives.NEXT_TOKEN,
+              axis_name: str | None = parallel.AXIS):
+  """Summed NLL, target count and correct argmax predictions over tokens [n_batches, batch, seq + 1]
+  (psum'd). Under mlm, batch i is corrupted with the fixed key fold_in(EVAL_CORRUPTION_SEED, i)."""
+  rows = objectives.shard_rows(tokens.shape[1], axis_name)
+  eval_key = jax.random.PRNGKey(objectives.EVAL_CORRUPTION_SEED)
 
-  def one(carry, batch):
-    inputs, targets = objectives.next_token_split(batch)
-    _, (total, count) = objectives.cross_entropy(model.apply({'params': params}, inputs), targets)
-    return (carry[0] + total, carry[1] + count), None
+  def one(carry, indexed_batch):
+    i, batch = indexed_batch
+    inputs, targets, weights = objectives.examples(objective, batch, jax.random.fold_in(eval_key, i), rows)
+    logits = model.apply({'params': params}, inputs)
+    _, (total, count) = objectives.cross_entropy(logits, targets, weights)
+    return (carry[0] + total, carry[1] + count, carry[2] + objectives.correct(logits, targets, weights)), None
 
-  (total, count), _ = jax.lax.scan(one, (jnp.zeros(()), jnp.zeros(())), tokens)
-  if axis_name is not None:
-    total, count = jax.lax.psum((total, count), axis_name)
-  return total, count
+  sums, _ = jax.lax.scan(one, (jnp.zeros(()),) * 3, (jnp.arange(tokens.shape[0]), tokens))
+  return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +178,8 @@ def load_data(config: ml_collections.ConfigDict, workdir: str):
       raise GptjaxError(f'the {name} split of {source} has {len(split)} tokens, fewer than '
                         f'train.seq_len + 1 = {need}; use more text, a smaller --config.train.seq_len '
                         'or a different --config.data.val_fraction')
+  if config.train.objective == 'mlm':  # the run's tokenizer has a [MASK] token; the data files never hold it
+    return data_lib.with_mask_token(tokenizer), splits['train'], splits['val'], write
   return tokenizer, splits['train'], splits['val'], write
 
 
@@ -179,8 +188,8 @@ def check_resumable(workdir: str, model_config: GPTConfig, tokenizer) -> None:
   saved_config = os.path.join(workdir, 'config.json')
   if not os.path.exists(saved_config):
     return
-  with open(saved_config, encoding='utf-8') as f:
-    saved = json.load(f).get('model', {})
+  with open(saved_config, encoding='utf-8') as f:  # a field older runs lack had its default value
+    saved = {**{f.name: f.default for f in dataclasses.fields(GPTConfig)}, **json.load(f).get('model', {})}
   now = model_config.__dict__
   differ = [f'model.{k}={saved[k]!r} (config asks {now[k]!r})' for k in now
             if k in saved and saved[k] != now[k] and k not in EXECUTION_FIELDS]
@@ -316,10 +325,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
          f'starting from the parameters of {tc.init_from}' if tc.init_from else 'starting from scratch'))
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if proc == 0 else None
 
+  objective = objectives.for_run(tc, tokenizer)
   step_fn = functools.partial(train_steps, model=model, tx=tx, skip_nonfinite=tc.nan_policy == 'skip',
-                              grad_accum_steps=tc.grad_accum_steps)
+                              objective=objective, grad_accum_steps=tc.grad_accum_steps)
   p_train = jax.pmap(step_fn, axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,))
-  p_eval = jax.pmap(functools.partial(eval_step, model=model), axis_name=parallel.AXIS, devices=devices)
+  p_eval = jax.pmap(functools.partial(eval_step, model=model, objective=objective), axis_name=parallel.AXIS,
+                    devices=devices)
   p_state = parallel.replicate(state, devices)
   del state
 
@@ -333,8 +344,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
   eval_batches = host_batch(val_ids, 0, tc.eval_iters, data_lib.EVAL_STREAM) if tc.eval_iters else None
 
   def evaluate():
-    total, count = p_eval(p_state.params, eval_batches)
-    return float(total[0]) / float(count[0])
+    """{'val_loss'} (mean NLL of the scored targets), and under mlm 'val_accuracy' (argmax = target)."""
+    total, count, correct = (float(x[0]) for x in p_eval(p_state.params, eval_batches))
+    result = {'val_loss': total / max(count, 1.0)}
+    if objective.kind == 'mlm':
+      result['val_accuracy'] = correct / max(count, 1.0)
+    return result
 
   def save(at_step):
     if at_step not in checkpointer.steps():
@@ -342,10 +357,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
 
   last = {}
   if step == 0 and tc.eval_iters:
-    last = {'val_loss': evaluate()}
+    last = evaluate()
     if writer:
       writer.write(0, **last)
-    log(f'step 0: val loss {last["val_loss"]:.4f}')
+    log(f'step 0: val loss {last["val_loss"]:.4f}'
+        + (f', val accuracy {last["val_accuracy"]:.4f}' if 'val_accuracy' in last else ''))
   if step >= tc.max_steps:
     log(f'{workdir} is already trained to step {step} (train.max_steps={tc.max_steps})')
 
@@ -389,7 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
                                                  model_config, tc.seq_len, peak_flops))
           window_losses, window_time, window_steps = [], 0.0, 0
         if tc.eval_iters and (step % tc.eval_interval == 0 or step == tc.max_steps):
-          record['val_loss'] = evaluate()
+          record.update(evaluate())
         if record:
           last.update(record)
           if writer:

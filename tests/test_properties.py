@@ -58,6 +58,16 @@ def test_byte_tokenizer_never_fails_with_a_foreign_error(text, ids):
 
 
 @FAST
+@given(st.lists(st.one_of(st.text(max_size=8), st.just('[MASK]'), st.just('[MA')), max_size=8))
+def test_mask_token_round_trips_any_text_around_it(pieces):
+  text = ''.join(pieces)
+  tok = D.with_mask_token(D.ByteTokenizer())
+  ids = tok.encode(text)
+  assert tok.decode(ids) == text
+  assert (ids == 256).sum() == text.count('[MASK]')
+
+
+@FAST
 @given(data=st.binary(max_size=300), kind=st.sampled_from(['char', 'byte', 'bpe']))
 def test_corpus_encoding_works_or_says_why(data, kind):
   try:
@@ -70,12 +80,14 @@ def test_corpus_encoding_works_or_says_why(data, kind):
 INT_FIELDS = ['model.vocab_size', 'model.block_size', 'model.n_layer', 'model.n_head', 'model.n_kv_head',
               'model.n_embd', 'train.seq_len', 'train.batch_size', 'train.max_steps', 'train.warmup_steps',
               'train.decay_steps', 'train.steps_per_call', 'train.log_interval', 'train.eval_interval',
-              'train.eval_iters', 'train.checkpoint_interval', 'train.keep_checkpoints']
+              'train.eval_iters', 'train.checkpoint_interval', 'train.keep_checkpoints', 'model.mlp_hidden']
 FLOAT_FIELDS = ['model.dropout', 'train.learning_rate', 'train.min_lr', 'train.weight_decay', 'train.beta1',
-                'train.beta2', 'train.grad_clip', 'data.val_fraction']
+                'train.beta2', 'train.grad_clip', 'data.val_fraction', 'model.rope_theta', 'train.mask_prob']
 STR_FIELDS = {'model.pos_encoding': ['learned', 'sinusoidal', 'rope', ''],
               'model.dtype': ['float32', 'bfloat16', 'float64', 'int8'],
-              'data.tokenizer': ['char', 'byte', 'bpe'], 'train.nan_policy': ['stop', 'skip', 'ignore']}
+              'data.tokenizer': ['char', 'byte', 'bpe'], 'train.nan_policy': ['stop', 'skip', 'ignore'],
+              'model.norm': ['layernorm', 'rmsnorm', 'batchnorm'], 'model.mlp': ['gelu', 'swiglu', 'relu'],
+              'train.objective': ['next_token', 'mlm', 'bert']}
 
 
 @settings(max_examples=300, deadline=None)

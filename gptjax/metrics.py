@@ -70,7 +70,8 @@ def flops_per_token(config: GPTConfig, seq_len: int) -> float:
   appendix B and nanoGPT: 6 N + 12 * n_layer * seq_len * n_embd.
 
   6 N: N counts the weights that take part in matmuls, the LM head included and the embedding
-  lookups not; a matmul does 2 FLOPs per weight per token forward and 4 backward.
+  lookups not (GPT-2's MLP: 8 d^2 a layer; SwiGLU's three matrices: 3 d h); a matmul does 2 FLOPs per
+  weight per token forward and 4 backward. Norms, RoPE, softmax and the loss are not counted.
   12 L T d: per layer, Q K^T and (softmax) V each do 2 * seq_len * n_embd FLOPs per token forward
   (n_head heads x head_dim = n_embd, whatever n_kv_head is); x3 for forward + backward. The causal
   mask is not subtracted (kernels that skip masked tiles do about half of this).
@@ -78,8 +79,9 @@ def flops_per_token(config: GPTConfig, seq_len: int) -> float:
   runs that recompute with runs that do not.
   """
   c = config
-  n_matmul = c.n_layer * (c.n_embd * (c.n_head + 2 * c.kv_heads) * c.head_dim + c.n_embd ** 2
-                          + 8 * c.n_embd ** 2) + c.n_embd * c.vocab_size
+  attention = c.n_embd * (c.n_head + 2 * c.kv_heads) * c.head_dim + c.n_embd ** 2  # c_attn (q, k, v), c_proj
+  mlp = (3 if c.mlp == 'swiglu' else 2) * c.n_embd * c.mlp_width  # c_fc (+ c_gate), c_proj
+  n_matmul = c.n_layer * (attention + mlp) + c.n_embd * c.vocab_size
   return 6.0 * n_matmul + 12.0 * c.n_layer * seq_len * c.n_embd
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from conftest import TINY
 from gptjax import accumulate, hardware, metrics, objectives, parallel
@@ -25,17 +26,24 @@ def test_micro_batches_take_strided_rows():
   assert parts[:, :, 0].tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]  # every device block feeds every part
 
 
-def pmap_run(n_devices, accum, tx, batches=BATCHES):
+# Masked LM: a bidirectional Llama-style model, 30% of positions picked, so every micro-batch holds
+# a different number of scored targets (the accumulation must weight targets, not micro-batches).
+LLAMA_MLM = dataclasses.replace(TINY, pos_encoding='rope', norm='rmsnorm', mlp='swiglu', qk_norm=True, bias=False,
+                                causal=False)
+MLM = objectives.Objective('mlm', mask_id=15, n_real=15, mask_prob=0.3)
+
+
+def pmap_run(n_devices, accum, tx, batches=BATCHES, config=TINY, objective=objectives.NEXT_TOKEN):
   devices = jax.local_devices()[:n_devices]
-  step = jax.pmap(functools.partial(T.train_steps, model=GPT(TINY), tx=tx, grad_accum_steps=accum),
-                  axis_name=parallel.AXIS, devices=devices)
-  state = parallel.replicate(T.init_state(TINY, tx, seed=0), devices)
+  step = jax.pmap(functools.partial(T.train_steps, model=GPT(config), tx=tx, grad_accum_steps=accum,
+                                    objective=objective), axis_name=parallel.AXIS, devices=devices)
+  state = parallel.replicate(T.init_state(config, tx, seed=0), devices)
   state, out = step(state, parallel.shard(batches, n_devices, axis=1))
   return parallel.unreplicate(state), np.asarray(out['loss'][0]), np.asarray(out['grad_norm'][0])
 
 
-def assert_same_step(a, b):
-  """Two (state, losses, grad norms) results of the same global batches."""
+def assert_same_step(a, b, config=TINY):
+  """Two (state, losses, grad norms) results of the same global batches, from config's initial state."""
   (state_a, loss_a, norm_a), (state_b, loss_b, norm_b) = a, b
   # The same arithmetic in another order: the batch mean is a mean of 4 micro-batch means (of 2 rows
   # each per device) instead of one mean over 8 rows: float32 rounding, ~1e-7 relative per step.
@@ -46,7 +54,7 @@ def assert_same_step(a, b):
   for x, y in zip(jax.tree.leaves(state_a.params), jax.tree.leaves(state_b.params)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
   moved = max(float(jnp.abs(x - y).max()) for x, y in
-              zip(jax.tree.leaves(state_a.params), jax.tree.leaves(T.init_state(TINY, optax.sgd(0), 0).params)))
+              zip(jax.tree.leaves(state_a.params), jax.tree.leaves(T.init_state(config, optax.sgd(0), 0).params)))
   assert moved > 1e-3  # the parameters did move: agreement is not trivial
 
 
@@ -54,6 +62,35 @@ def test_four_micro_batches_equal_the_whole_batch_under_pmap():
   tx = optax.sgd(0.5)
   whole = pmap_run(2, 1, tx)
   assert_same_step(pmap_run(2, 4, tx), whole)
+
+
+def test_four_micro_batches_equal_the_whole_batch_for_a_masked_lm_under_pmap():
+  tx = optax.sgd(0.5)
+  # The corruption is drawn on the whole batch before it is split: micro-batches really differ in
+  # how many targets they score (else weighting by micro-batch would pass too).
+  _, _, weights = objectives.examples(MLM, BATCHES[0, :8], jax.random.PRNGKey(0))
+  counts = np.asarray(weights).reshape(2, 4, 32).sum(axis=(0, 2))  # per micro-batch of the first device
+  assert len(set(counts.tolist())) > 1, counts
+  whole = pmap_run(2, 1, tx, config=LLAMA_MLM, objective=MLM)
+  assert_same_step(pmap_run(2, 4, tx, config=LLAMA_MLM, objective=MLM), whole, LLAMA_MLM)
+
+
+def mesh_run(n_devices, accum, tx, batches=BATCHES):
+  """The step as the mesh strategy runs it: one jit over a 'data' mesh axis, rows split over
+  devices (each holds a contiguous block), the state replicated, no axis_name (GSPMD reduces)."""
+  mesh = Mesh(np.asarray(jax.devices()[:n_devices]), ('data',))
+  replicated, rows = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(None, 'data'))
+  step = jax.jit(functools.partial(T.train_steps, model=GPT(TINY), tx=tx, grad_accum_steps=accum, axis_name=None),
+                 in_shardings=(replicated, rows), out_shardings=(replicated, replicated))
+  state, out = step(jax.device_put(T.init_state(TINY, tx, seed=0), replicated), jax.device_put(batches, rows))
+  return jax.device_get(state), np.asarray(out['loss']), np.asarray(out['grad_norm'])
+
+
+def test_four_micro_batches_equal_the_whole_batch_under_a_mesh():
+  tx = optax.sgd(0.5)
+  whole = mesh_run(4, 1, tx)
+  assert_same_step(mesh_run(4, 4, tx), whole)
+  assert_same_step(whole, pmap_run(2, 1, tx))  # and the mesh's step is pmap's
 
 
 def test_flops_per_token_matches_a_hand_count():
@@ -69,9 +106,15 @@ def test_flops_per_token_matches_a_hand_count():
   gqa = dataclasses.replace(TINY, n_head=4, n_kv_head=1)  # head_dim 8, K and V 8 wide each
   forward_gqa = 2 * (2 * (32 * (32 + 8 + 8) + 32 * 32 + 32 * 128 + 128 * 32) + attention) + head
   assert metrics.flops_per_token(gqa, 32) == 3 * forward_gqa
+  # SwiGLU: three 32 x 88 matrices (8/3 x 32 rounded up to a multiple of 8), no biases (they are not counted).
+  swiglu = dataclasses.replace(TINY, mlp='swiglu', bias=False)
+  forward_swiglu = 2 * (2 * (32 * 96 + 32 * 32 + 3 * 32 * 88) + attention) + head
+  assert metrics.flops_per_token(swiglu, 32) == 3 * forward_swiglu
 
 
-@pytest.mark.parametrize('config', [TINY, dataclasses.replace(TINY, n_head=4, n_kv_head=1, tie_embeddings=True)])
+@pytest.mark.parametrize('config', [TINY, dataclasses.replace(TINY, n_head=4, n_kv_head=1, tie_embeddings=True),
+                                    LLAMA_MLM, dataclasses.replace(TINY, mlp_hidden=48)],
+                         ids=['gpt2', 'gqa_tied', 'llama_mlm', 'mlp_hidden'])
 def test_flops_per_token_matches_the_matmuls_of_the_compiled_forward(config):
   """Sums 2 x (output size) x (contracted size) over every dot_general of the model's forward, as
   traced: an independent count of what the formula claims (3x it is one training token)."""

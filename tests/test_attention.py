@@ -21,13 +21,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Grouped-query (4 query heads share 2 K/V heads), so the head grouping is covered too.
 EINSUM = M.GPTConfig(vocab_size=16, block_size=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
 XLA = dataclasses.replace(EINSUM, attention_impl='xla')
+# Issue 14's Llama-style block: RoPE rotates q and k before either attention path sees them (and at
+# each row's own cache positions when decoding), QK-norm normalizes them first.
+LLAMA = dataclasses.replace(EINSUM, pos_encoding='rope', norm='rmsnorm', mlp='swiglu', qk_norm=True, bias=False)
+MODELS = {'gpt2': EINSUM, 'llama': LLAMA}
+
+
+def scaled_params(config):
+  # Weights x8 so attention is far from uniform: a wrong mask or head grouping shows in the logits.
+  p = M.init_params(config, jax.random.PRNGKey(0))
+  return jax.tree.map(lambda x: x * 8 if x.ndim == 2 else x, p)
 
 
 @pytest.fixture(scope='module')
 def params():
-  # Weights x8 so attention is far from uniform: a wrong mask or head grouping shows in the logits.
-  p = M.init_params(EINSUM, jax.random.PRNGKey(0))
-  return jax.tree.map(lambda x: x * 8 if x.ndim == 2 else x, p)
+  return scaled_params(EINSUM)
 
 
 def loss_and_grads(config, params, tokens):
@@ -43,10 +51,13 @@ def loss_and_grads(config, params, tokens):
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('causal', [True, False])
-def test_training_forward_and_gradients_match_the_einsum_path(params, causal):
+@pytest.mark.parametrize('model', ['gpt2', 'llama'])
+@pytest.mark.parametrize('causal', [True, False])  # False: the masked-LM models' bidirectional attention
+def test_training_forward_and_gradients_match_the_einsum_path(model, causal):
   tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 41), 0, 16)
-  einsum, xla = (dataclasses.replace(c, causal=causal) for c in (EINSUM, XLA))
+  einsum = dataclasses.replace(MODELS[model], causal=causal)
+  xla = dataclasses.replace(einsum, attention_impl='xla')
+  params = scaled_params(einsum)
   (loss_e, logits_e), grads_e = loss_and_grads(einsum, params, tokens)
   (loss_x, logits_x), grads_x = loss_and_grads(xla, params, tokens)
   np.testing.assert_allclose(np.asarray(logits_x), np.asarray(logits_e), **TOL)
@@ -55,9 +66,12 @@ def test_training_forward_and_gradients_match_the_einsum_path(params, causal):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-def test_kv_cache_over_ragged_rows_matches_the_einsum_path(params):
+@pytest.mark.parametrize('model', ['gpt2', 'llama'])
+def test_kv_cache_over_ragged_rows_matches_the_einsum_path(model):
   """Prefill right-padded prompts of lengths 9, 3, 14 into a 40-slot cache, then 5 single-token
   steps: logits and the cache itself agree with the einsum path at every step."""
+  einsum = MODELS[model]
+  params = scaled_params(einsum)
   prompts = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (3, 14), 0, 16), np.int32)
   lengths = jnp.asarray([9, 3, 14], jnp.int32)
   nexts = jax.random.randint(jax.random.PRNGKey(3), (5, 3), 0, 16)
@@ -73,8 +87,8 @@ def test_kv_cache_over_ragged_rows_matches_the_einsum_path(params):
       return jnp.stack(out), cache
     return go(params)
 
-  logits_e, cache_e = run(EINSUM)
-  logits_x, cache_x = run(XLA)
+  logits_e, cache_e = run(einsum)
+  logits_x, cache_x = run(dataclasses.replace(einsum, attention_impl='xla'))
   np.testing.assert_allclose(np.asarray(logits_x), np.asarray(logits_e), **TOL)
   assert cache_x.pos.tolist() == cache_e.pos.tolist() == [14, 8, 19]
   for a, b in zip(cache_x.k + cache_x.v, cache_e.k + cache_e.v):

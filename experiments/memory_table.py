@@ -6,7 +6,10 @@ float32 parameters and AdamW moments (model.dtype='bfloat16'), training's optimi
 GPT-2's vocabulary (50304) and head size 64 (n_head = n_embd / 64), the einsum attention path. For
 each width n_embd, the largest n_layer whose step fits: memory is close to affine in n_layer, so two
 compiles (2 and 4 layers) predict it, and compiles at the prediction and its neighbours confirm it
-(the reported depth fits, one more layer does not). Nothing is run, only compiled.
+(the reported depth fits, one more layer does not). Depths beyond --cap (remat'd models reach
+hundreds of layers, whose unrolled steps take minutes each to compile here) are not compiled: they
+come from the affine fit through 2 and --cap layers, marked * with the fit's error at 4 layers.
+Nothing is run, only compiled.
 
 Per device, the step needs its arguments (the state shard and the batch) plus XLA's temporaries
 (activations kept for the backward pass, gradients, all-gathered weights under FSDP); the new state
@@ -19,7 +22,7 @@ what GPU and TPU compilers aim for. The einsum attention keeps [batch, heads, se
 cuDNN's flash kernel on a GPU keeps none, so there the no-remat depths would be larger. This is
 XLA:CPU's buffer assignment of the same program, a planning figure, not a GPU measurement.
 
-  python experiments/memory_table.py [--widths=768,1280,2048] [--budget_gib=16]
+  python experiments/memory_table.py [--widths=768,1280,2048] [--budget_gib=16] [--cap=24]
 """
 
 from __future__ import annotations
@@ -74,8 +77,11 @@ def params_of(n_layer: int, n_embd: int) -> int:
   return n_layer * (12 * n_embd ** 2 + 13 * n_embd) + 2 * 50304 * n_embd + 2 * n_embd + 50304
 
 
-def largest(n_embd, remat, fsdp, budget, rows, seq, log):
-  """(largest n_layer that fits, its bytes, bytes at one more layer, compiles) for one width."""
+def largest(n_embd, remat, fsdp, budget, rows, seq, cap, log):
+  """(largest n_layer that fits, its bytes, bytes at one more layer, compiles, how it was found) for
+  one width. Depths up to `cap` are confirmed by compiling them and one more layer; beyond it (deep
+  remat'd models, whose unrolled steps take minutes each to compile on 2 cores) the depth comes from
+  the affine fit through the compiles at 2 and `cap` layers, whose error is checked at 4 layers."""
   cache = {}
 
   def size(n):
@@ -87,14 +93,24 @@ def largest(n_embd, remat, fsdp, budget, rows, seq, log):
     return cache[n]
 
   if size(2) > budget:
-    return (0, None, cache[2], len(cache)) if size(1) > budget else (1, cache[1], cache[2], len(cache))
+    if size(1) > budget:
+      return 0, None, cache[2], len(cache), 'compiled'
+    return 1, cache[1], cache[2], len(cache), 'compiled'
   per_layer = max((size(4) - size(2)) / 2, 1)
   n = max(1, int((budget - size(2)) // per_layer) + 2)
+  if n > cap:  # refit on a longer baseline, then extrapolate
+    per_layer = (size(cap) - size(2)) / (cap - 2)
+    n = 2 + int((budget - size(2)) // per_layer)
+    if n > cap:
+      fit = lambda k: size(2) + (k - 2) * per_layer
+      error = abs(fit(4) - size(4)) / size(4)
+      return (n, fit(n), fit(n + 1), len(cache),
+              f'affine fit of 2 and {cap} layers ({100 * error:.2f}% off at 4)')
   while n > 1 and size(n) > budget:
     n -= 1
   while size(n + 1) <= budget:
     n += 1
-  return n, cache[n], cache[n + 1], len(cache)
+  return n, cache[n], cache[n + 1], len(cache), 'compiled'
 
 
 def child(args):
@@ -102,10 +118,10 @@ def child(args):
   budget = args.budget_gib * 2**30
   for label, remat, fsdp in SETTINGS:
     for n_embd in [int(w) for w in args.widths.split(',')]:
-      n, fits, over, compiles = largest(n_embd, remat, fsdp, budget, args.rows, args.seq,
-                                        lambda s: print(s, file=sys.stderr, flush=True))
+      n, fits, over, compiles, how = largest(n_embd, remat, fsdp, budget, args.rows, args.seq, args.cap,
+                                             lambda s: print(s, file=sys.stderr, flush=True))
       results.append(dict(setting=label, n_embd=n_embd, n_layer=n, bytes=fits, next_bytes=over,
-                          params=params_of(n, n_embd) if n else 0, compiles=compiles))
+                          params=params_of(n, n_embd) if n else 0, compiles=compiles, how=how))
       print(json.dumps(results[-1]), file=sys.stderr, flush=True)
   print(json.dumps(results))
 
@@ -116,6 +132,8 @@ def main():
   parser.add_argument('--budget_gib', type=float, default=16.0)
   parser.add_argument('--rows', type=int, default=8, help='rows of --seq tokens per device')
   parser.add_argument('--seq', type=int, default=1024)
+  parser.add_argument('--cap', type=int, default=24,
+                      help='deepest model compiled; deeper answers come from the affine fit (marked *)')
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -140,10 +158,14 @@ def main():
     row = []
     for s in settings:
       r = cell[s, w]
+      mark = '' if r['how'] == 'compiled' else '*'
       row.append('none fits' if not r['n_layer'] else
-                 f"{r['n_layer']} layers, {r['params'] / 1e9:.2f}B ({r['bytes'] / 2**30:.1f} GiB; "
+                 f"{r['n_layer']}{mark} layers, {r['params'] / 1e9:.2f}B ({r['bytes'] / 2**30:.1f} GiB; "
                  f"+1 layer {r['next_bytes'] / 2**30:.1f})")
     print(f'| {w} ({w // 64}) | ' + ' | '.join(row) + ' |')
+  fits = sorted({r['how'] for r in results if r['how'] != 'compiled'})
+  if fits:
+    print(f'* deeper than --cap={args.cap} layers: not compiled; from the ' + '; '.join(fits))
   best = {s: max((r for r in results if r['setting'] == s), key=lambda r: r['params']) for s in settings}
   print('| largest | ' + ' | '.join(f"{best[s]['params'] / 1e9:.2f}B ({best[s]['n_layer']} x {best[s]['n_embd']})"
                                      for s in settings) + ' |')

@@ -12,9 +12,10 @@
           sizes that are a multiple of 8 and at most 128 (256 from Hopper, compute capability 9.0).
           Asked for where it cannot run, it is an error naming the reason, never a silent fallback.
 
-The model's keys and values are [batch * n_kv_head, kv_len, head_dim] (the KV cache's layout, see
-kv_cache.py); jax.nn.dot_product_attention takes [batch, kv_len, n_kv_head, head_dim], so they are
-transposed on the way in (in training XLA cancels this against the transpose that made them).
+The model's keys and values are [batch, n_kv_head, kv_len, head_dim] views of the KV cache's
+[batch * n_kv_head, kv_len, head_dim] buffers; jax.nn.dot_product_attention takes [batch, kv_len,
+n_kv_head, head_dim], so they are transposed on the way in (in training XLA folds this into the
+transpose that made them).
 """
 
 from __future__ import annotations
@@ -61,14 +62,14 @@ def check(config, device=None) -> None:
 def dot_product(q, k, v, mask, *, causal: bool, implementation: str) -> jax.Array:
   """softmax(Q K^T / sqrt(head_dim)) V through jax.nn.dot_product_attention.
 
-  q: [batch, seq, n_head, head_dim]; k, v: [batch * n_kv_head, kv_len, head_dim].
-  mask: [batch, seq, kv_len] bool (True: may attend) or None; causal: query i sees keys 0..i (with
-  mask None, as in training; cuDNN then uses its causal kernel). Returns [batch, seq, n_head * head_dim].
+  q: [batch, seq, n_head, head_dim]; k, v: [batch, n_kv_head, kv_len, head_dim], or the same in the
+  KV cache's [batch * n_kv_head, kv_len, head_dim]. mask: [batch, seq, kv_len] bool (True: may
+  attend) or None; causal: query i sees keys 0..i (with mask None, as in training; cuDNN then uses
+  its causal kernel). Returns [batch, seq, n_head * head_dim].
   """
   batch, seq, n_head, head_dim = q.shape
-  n_kv = k.shape[0] // batch
-  # [batch * n_kv, kv_len, head_dim] -> [batch, kv_len, n_kv, head_dim], in q's dtype (a cache may differ).
-  to_bskh = lambda t: t.reshape(batch, n_kv, -1, head_dim).transpose(0, 2, 1, 3).astype(q.dtype)
+  # -> [batch, kv_len, n_kv, head_dim], in q's dtype (a cache may hold another).
+  to_bskh = lambda t: t.reshape(batch, -1, t.shape[-2], head_dim).transpose(0, 2, 1, 3).astype(q.dtype)
   out = jax.nn.dot_product_attention(
       q, to_bskh(k), to_bskh(v), mask=None if mask is None else mask[:, None], is_causal=causal,
       implementation=implementation)  # [batch, seq, n_head, head_dim]

@@ -2,6 +2,7 @@
 fused (cuDNN) attention checked against the einsum path in bfloat16.
 
   python experiments/gpu_run.py                  # GPT-2 small (12 x 12 x 768, block 1024), bf16, 300 steps
+  python experiments/gpu_run.py --json=$OUT/gpu_run.json   # the same, and every figure as JSON
   python experiments/gpu_run.py --steps=20 --n_layer=2 --n_head=2 --n_embd=64 --seq=64 --batch=4 \\
       --vocab=512 --variant_steps=10             # a CPU smoke run of the same code
 
@@ -28,6 +29,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.metadata
+import json
 import os
 import sys
 import time
@@ -65,10 +68,21 @@ def parse_args(argv=None):
                       "batch or grad_accum_steps (e.g. 'attention_impl=einsum;remat=full;batch=32'); '' for none")
   p.add_argument('--variant_steps', type=int, default=100)
   p.add_argument('--skip_check', action='store_true')
+  p.add_argument('--json', default='', help='also write every figure to this JSON file')
   p.add_argument('--check_layers', type=int, default=2,
                  help='layers of the model the attention check runs (same width, heads and seq; each layer '
                       'runs the same kernel, and fewer layers compile faster)')
   return p.parse_args(argv)
+
+
+PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy')
+
+
+def _version(name: str) -> str:
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return 'not installed'
 
 
 def gib(n):
@@ -94,14 +108,19 @@ def check_attention(config: GPTConfig, impl: str, seq: int) -> bool:
   Tolerance: bfloat16 rounds each matmul input by up to 2^-9, so a bf16 path lands 1e-3..1e-2 from a
   float32 reference (relative L2). The two bf16 paths round in different places (the einsum path
   rounds the probabilities to bf16 before P V; the fused kernel keeps its own tiles), so they are
-  not bit-equal; the fused path passes if it is within 2e-2 of the einsum path and no further than
-  twice the einsum path's own distance (+1e-3) from the float32 reference. A wrong mask, scale or
-  head layout moves the result by O(1).
+  not bit-equal; the fused path passes if it is within 2e-2 (or 3x the einsum path's own rounding
+  distance, if larger) of the einsum path and no further than twice the einsum path's distance
+  (+1e-3) from the float32 reference. A wrong mask, scale or head layout moves the result by O(1)
+  (the check sharpens attention so that it would).
   """
   fused = dataclasses.replace(config, attention_impl=impl)
   einsum = dataclasses.replace(config, attention_impl='einsum')
   ref = dataclasses.replace(config, attention_impl='einsum', dtype='float32')
-  params = init_params(config, jax.random.PRNGKey(1))
+  # The query/key/value projections x4 (scores x16): at GPT-2's initial scale attention is nearly
+  # uniform, where a wrong mask or head layout would hardly show.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x * 4 if 'c_attn' in jax.tree_util.keystr(path) and x.ndim == 2 else x,
+      init_params(config, jax.random.PRNGKey(1)))
   tokens = jax.random.randint(jax.random.PRNGKey(2), (2, seq + 1), 0, config.vocab_size)
 
   def grads_of(c):
@@ -143,7 +162,7 @@ def check_attention(config: GPTConfig, impl: str, seq: int) -> bool:
                         ('gradients (all)', grads_f, grads_e, grads_r),
                         ('decode logits, ragged', dec_f, dec_e, dec_r)):
     fe, er, fr = rel(f, e), rel(e, r), rel(f, r)
-    passed = fe <= 2e-2 and fr <= 2 * er + 1e-3
+    passed = fe <= max(2e-2, 3 * er) and fr <= 2 * er + 1e-3
     ok &= passed
     print(f'| {what} | {fe:.2e} | {er:.2e} | {fr:.2e} | {"yes" if passed else "NO"} |')
   return ok
@@ -208,7 +227,8 @@ def main(argv=None):
   devices = jax.devices()
   kind = devices[0].device_kind
   found = hardware.peak_of(kind)
-  print(f'jax {jax.__version__}, backend {jax.default_backend()}, {len(devices)} x {kind}')
+  print(f'Python {sys.version.split()[0]}; ' + ', '.join(f'{name} {_version(name)}' for name in PACKAGES)
+        + f'; backend {jax.default_backend()}, {len(devices)} x {kind}')
   print(f'peak (gptjax.hardware): ' + (f'{found[0]}: {found[1].bfloat16 / 1e12:.1f} TFLOP/s bf16, '
                                        f'{found[1].float32 / 1e12:.1f} float32 ({found[1].source})'
                                        if found else 'unknown for this device kind: MFU is null'))
@@ -260,6 +280,10 @@ def main(argv=None):
           f'{gib(r["peak_memory"][0])} |')
   if check_ok is not None:
     print(f'attention check: {"PASS" if check_ok else "FAIL"}')
+  if args.json:
+    with open(args.json, 'w', encoding='utf-8') as f:
+      json.dump({'device_kind': kind, 'devices': len(devices), 'jax': jax.__version__, 'args': vars(args),
+                 'attention_check': check_ok, 'runs': runs}, f, indent=1)
   return 0 if check_ok in (None, True) else 1
 
 

@@ -5,6 +5,7 @@ script and every gptjax module it imports must not need them. Here it runs on th
 shape in a Python where importing either fails.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ runpy.run_path({script!r}, run_name='__main__')
 def test_gpu_run_script_needs_neither_ml_collections_nor_tensorboardx(tmp_path):
   script = os.path.join(ROOT, 'experiments', 'gpu_run.py')
   args = ['--steps=5', '--steps_per_call=5', '--n_layer=1', '--n_head=2', '--n_embd=32', '--seq=32', '--batch=4',
-          '--vocab=128', '--variants=', '--check_layers=1']
+          '--vocab=128', '--variants=', '--check_layers=1', f'--json={tmp_path}/figures.json']
   proc = subprocess.run([sys.executable, '-c', BLOCKED_RUN.format(script=script), *args], capture_output=True,
                         text=True, cwd=str(tmp_path), env={**os.environ, 'XLA_FLAGS': ''}, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -37,3 +38,8 @@ def test_gpu_run_script_needs_neither_ml_collections_nor_tensorboardx(tmp_path):
   cells = [c.strip() for c in row.strip('|').split('|')]
   assert cells[1:5] == ['einsum', 'none', 'bfloat16', '4'] and cells[7] == 'null', row
   assert float(cells[6].replace(',', '')) > 0 and cells[8].endswith('GiB')
+  # The same figures as JSON, MFU null rather than 0 or a guess.
+  figures = json.load(open(tmp_path / 'figures.json'))
+  assert figures['attention_check'] is True and figures['device_kind'] == 'cpu'
+  (run,) = figures['runs']
+  assert run['mfu'] is None and run['tokens_per_sec'] > 0 and run['step_bytes'] > 0

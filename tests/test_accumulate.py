@@ -11,8 +11,10 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from conftest import TINY
+from conftest import TINY, tiny_run_config
 from gptjax import accumulate, hardware, metrics, objectives, parallel
+from gptjax import config as config_lib
+from gptjax.errors import GptjaxError
 from gptjax import train as T
 from gptjax.model import GPT, GPTConfig
 
@@ -147,3 +149,14 @@ def test_mfu_is_null_where_the_peak_is_unknown_and_uses_the_table_where_known():
   # GPT-2 small at 1024 tokens: 6 N + 12 L T d = 6 * 123.5M + 113M = 854M FLOPs a token; 500k tokens/s
   # on one H100 is 4.27e14 FLOP/s, 43% of 989.5 TFLOP/s.
   assert metrics.mfu(5e5, config, 1024, 989.5e12) == pytest.approx(0.4317, abs=1e-3)
+
+
+def test_config_refuses_accumulation_that_does_not_split_each_devices_rows_in_one_line():
+  config_lib.validate(tiny_run_config(**{'train.grad_accum_steps': 4}), 2)  # 8 rows: 4 a device, 1 a micro-batch
+  with pytest.raises(GptjaxError, match=r'^train.grad_accum_steps=3 does not divide the 4 rows each device gets '
+                                        r'\(train.batch_size=8 over 2 devices\); use a divisor of it, or a larger batch$'):
+    config_lib.validate(tiny_run_config(**{'train.grad_accum_steps': 3}), 2)
+  with pytest.raises(GptjaxError, match=r'^train.grad_accum_steps=0 must be >= 1$'):
+    config_lib.validate(tiny_run_config(**{'train.grad_accum_steps': 0}), 1)
+  with pytest.raises(GptjaxError, match=r"^model: remat='some' must be one of 'none', 'full', 'dots_saveable'"):
+    config_lib.validate(tiny_run_config(**{'model.remat': 'some'}), 1)

@@ -45,10 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.mlp_hidden = 0  # MLP hidden width; 0: 4 * n_embd for gelu, 8/3 * n_embd (to a multiple of 8) for swiglu
   c.model.qk_norm = False  # RMSNorm of each head's queries and keys
   c.model.causal = True  # False (bidirectional) goes with train.objective='mlm'
-  c.model.dtype = 'float32'  # compute dtype; 'bfloat16' = mixed precision (float32 params, optimizer, logits, loss)
+  c.model.dtype = 'float32'  # compute dtype; 'bfloat16': mixed precision (float32 params, optimizer, logits)
   c.model.param_dtype = 'float32'
   c.model.remat = 'none'  # recompute block activations in the backward pass: 'full', 'dots_saveable', ...
-  c.model.attention_impl = 'einsum'  # or 'xla' / 'cudnn' (jax.nn.dot_product_attention; see gptjax/attention.py)
+  c.model.attention_impl = 'einsum'  # or 'xla' / 'cudnn' (jax.nn.dot_product_attention: gptjax/attention.py)
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ''  # a text file; '' means the Python standard library's .py sources

@@ -363,7 +363,8 @@ class GPT(nn.Module):
 
     if c.tie_embeddings:
       # h E^T, as Embed.attend computes it but accumulated and returned in float32 (see lm_head).
-      logits = jnp.dot(x.astype(c.dtype), self.wte.embedding.astype(c.dtype).T, preferred_element_type=jnp.float32)
+      e = self.wte.embedding.astype(c.dtype)
+      logits = jnp.dot(x.astype(c.dtype), e.T, preferred_element_type=jnp.float32)
       if c.bias and c.head_bias:
         logits = logits + self.b_O.astype(jnp.float32)
     else:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from gptjax.errors import GptjaxError
+from gptjax.errors import GptjaxError, os_error
 
 # ---------------------------------------------------------------------------------------------
 # Tokenizers
@@ -411,12 +411,17 @@ def load_tokenizer(path: str) -> Tokenizer:
 # Preparing a corpus into token files
 
 
+_UMASK = os.umask(0o022)  # read once, at import (before any thread): os.umask can only read it by setting it
+os.umask(_UMASK)
+
+
 def atomic_write(path: str, text: str | bytes) -> None:
   """Writes the whole file or nothing: a crash leaves the old file (or none), never half of one."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.tmp')
   try:
+    os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes it private to its owner)
     with os.fdopen(fd, 'wb') as f:
       f.write(text.encode('utf-8') if isinstance(text, str) else text)
       f.flush()
@@ -586,8 +591,12 @@ def read_corpus(path: str, url: str = '') -> bytes:
     raise GptjaxError(f'data file {path} does not exist; pass --config.data.path=FILE')
   if os.path.isdir(path):
     raise GptjaxError(f'data path {path} is a directory; pass a text file with --config.data.path=FILE')
-  with open(path, 'rb') as f:
-    return f.read()
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError as e:
+    raise os_error(e, f'cannot read data file {path}', 'make it readable, or pass another '
+                   '--config.data.path=FILE') from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,11 +8,14 @@ never holds a step twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import time
 
 from gptjax.data import atomic_write
+from gptjax.errors import os_error, write_remedy
 from gptjax.model import GPTConfig
 
 
@@ -30,39 +33,77 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 class MetricsWriter:
-  """Appends metric records to metrics.jsonl and, if tensorboardX is installed, TensorBoard."""
+  """Appends metric records to metrics.jsonl and, if tensorboardX is installed, TensorBoard events.
+
+  Both are written synchronously in the calling thread and flushed at every record, so a write that
+  fails (a full disk) raises GptjaxError here, naming the file; nothing written before is touched.
+  """
 
   def __init__(self, workdir: str, resume_step: int | None = None, tensorboard: bool = True):
     """resume_step: the checkpoint step the run continues from (None: from scratch). Records after
     it were written by the interrupted run past its last checkpoint; the run will write them again."""
     self.path = os.path.join(workdir, 'metrics.jsonl')
     resume_step = -1 if resume_step is None else resume_step
-    kept = [r for r in read_jsonl(self.path) if r['step'] <= resume_step]
-    if os.path.exists(self.path):  # rewrite without lines past the checkpoint we resume from
-      atomic_write(self.path, ''.join(json.dumps(r) + '\n' for r in kept))
-    self._file = open(self.path, 'a', encoding='utf-8')
+    with _write_errors(self.path):
+      if os.path.exists(self.path):
+        with open(self.path, encoding='utf-8') as f:
+          text = f.read()
+        kept = [r for r in read_jsonl(self.path) if r['step'] <= resume_step]
+        kept_text = ''.join(json.dumps(r) + '\n' for r in kept)
+        if kept_text != text:  # rewrite without the lines past the checkpoint we resume from
+          atomic_write(self.path, kept_text)
+      self._file = open(self.path, 'a', encoding='utf-8')
     self._tb = None
     if tensorboard:
       try:
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
       except ImportError:
-        pass
+        return
+      self._tb_dir = directory = os.path.join(workdir, 'tensorboard')
+      with _write_errors(directory):
+        os.makedirs(directory, exist_ok=True)
+        # The file is named by the second it was made in: a suffix keeps a writer opened in the same
+        # second (a quick resume) from truncating the last one's file.
+        self._tb = EventsWriter(os.path.join(directory, 'events'), filename_suffix=f'.{time.time_ns()}')
+        # TensorBoard drops the events of earlier files past this step (tensorboardX's purge_step).
+        self._tb.write_event(Event(step=resume_step + 1, session_log=SessionLog(status=SessionLog.START)))
+        self._tb.flush()
 
   def write(self, step: int, **values) -> None:
     """One line {step, **values}; a value of None (not measurable here, e.g. MFU on a CPU) is null."""
     record = {'step': int(step), **{k: None if v is None else float(v) for k, v in values.items()}}
-    self._file.write(json.dumps(record) + '\n')
-    self._file.flush()
+    with _write_errors(self.path):
+      self._file.write(json.dumps(record) + '\n')
+      self._file.flush()
     if self._tb is not None:
-      for k, v in values.items():
-        if v is not None:
-          self._tb.add_scalar(k, float(v), int(step))
+      from tensorboardX.proto.event_pb2 import Event
+      from tensorboardX.summary import scalar
+      with _write_errors(self._tb_dir):
+        for k, v in values.items():
+          if v is not None:
+            self._tb.write_event(Event(wall_time=time.time(), step=int(step), summary=scalar(k, float(v))))
+        self._tb.flush()
 
   def close(self) -> None:
-    self._file.close()
+    try:
+      self._file.close()
+    except OSError:  # the flush at close of a file whose last write failed; that failure was reported
+      pass
     if self._tb is not None:
-      self._tb.close()
+      try:
+        self._tb.close()
+      except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def _write_errors(path: str):
+  try:
+    yield
+  except OSError as e:
+    raise os_error(e, f'cannot write {path}', write_remedy(e.errno) + '; then run the same command again: it '
+                   'resumes from the last checkpoint and rewrites the log from there') from None
 
 
 def flops_per_token(config: GPTConfig, seq_len: int) -> float:

@@ -37,7 +37,8 @@ from gptjax import config as config_lib
 from gptjax import data as data_lib
 from gptjax import metrics as metrics_lib
 from gptjax import accumulate, hardware, objectives, parallel, pretrained, provenance
-from gptjax.errors import GptjaxError
+from gptjax import workdir as workdir_lib
+from gptjax.errors import GptjaxError, os_error
 from gptjax.model import EXECUTION_FIELDS, GPT, GPTConfig, count_params
 
 if TYPE_CHECKING:  # only in annotations: importing this module needs no ml_collections
@@ -223,7 +224,7 @@ class _StopRequest:
     self._previous = {}
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM last: once it is caught, both are
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread: signals cannot be caught here
@@ -239,6 +240,28 @@ class _StopRequest:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+class LogWindow:
+  """The train losses since the last logged step, summed per call in float64. Checkpoints carry it,
+  so the first log line after a resume is the mean an uninterrupted run logs there."""
+
+  def __init__(self, loss_sum: float = 0.0, loss_count: int = 0):
+    self.loss_sum, self.loss_count = loss_sum, loss_count
+
+  @classmethod
+  def from_dict(cls, d: dict | None) -> 'LogWindow':
+    return cls(float(d['loss_sum']), int(d['loss_count'])) if d else cls()  # older checkpoints: none
+
+  def to_dict(self) -> dict:
+    return {'loss_sum': self.loss_sum, 'loss_count': self.loss_count}
+
+  def add(self, losses: np.ndarray) -> None:
+    self.loss_sum += float(np.sum(losses, dtype=np.float64))
+    self.loss_count += len(losses)
+
+  def mean(self) -> float:
+    return self.loss_sum / self.loss_count if self.loss_count else float('nan')
 
 
 class Preempted(Exception):
@@ -262,9 +285,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
   """Trains config in workdir, resuming from its latest checkpoint; returns the last metrics.
 
   restore_step picks an older checkpoint to resume from (e.g. when the latest one is damaged); the
-  checkpoints after it are moved to WORKDIR/checkpoints.set_aside/, not deleted.
+  checkpoints after it are moved to WORKDIR/checkpoints.set_aside/, not deleted. The run holds the
+  workdir's lock throughout (gptjax/workdir.py): a second run on the same workdir is refused before
+  it reads or writes anything there.
   """
   parallel.initialize()
+  with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, restore_step=restore_step, progress=progress)
+
+
+def _train_and_evaluate(config, workdir, *, restore_step, progress) -> dict:
   devices = parallel.local_devices(config.train.devices)
   n_dev, n_proc, proc = len(devices), jax.process_count(), jax.process_index()
   config_lib.validate(config, n_dev * n_proc)
@@ -280,41 +310,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
   model = GPT(model_config)
   tx, schedule = make_optimizer(tc)
   state = init_state(model_config, tx, config.seed)
-  start, newer = None, []
+  start, newer, window = None, [], LogWindow()
   if os.path.isdir(checkpointer_dir):
-    steps = ckpt_lib.Checkpointer(checkpointer_dir, tc.keep_checkpoints, create=False).steps()
-    if restore_step is not None and restore_step not in steps:
-      raise GptjaxError(f'no checkpoint at step {restore_step} in {checkpointer_dir}; there are {steps}')
-    start = restore_step if restore_step is not None else (steps[-1] if steps else None)
-    if start is not None:
-      try:
-        state = ckpt_lib.Checkpointer(checkpointer_dir, create=False).restore(start, state)
-      except GptjaxError as e:
-        older = [s for s in steps if s < start]
-        if 'do not match' in str(e) or 'mismatch' in str(e):
-          hint = ('; its training state does not have the structure this config gives: resume with the '
-                  f'settings in {os.path.join(workdir, "config.json")}, or pass a new --workdir')
-        elif older:
-          hint = f'; pass --restore_step={older[-1]} to resume from the previous checkpoint'
-        else:
-          hint = '; no older checkpoint exists: pass a new --workdir to start fresh'
-        raise GptjaxError(str(e) + hint) from None
-      newer = [s for s in steps if s > start]
+    with ckpt_lib.Checkpointer(checkpointer_dir, create=False) as reader:
+      steps = reader.steps()
+      if restore_step is not None and restore_step not in steps:
+        raise GptjaxError(f'no checkpoint at step {restore_step} in {checkpointer_dir}; there are {steps}')
+      start = restore_step if restore_step is not None else (steps[-1] if steps else None)
+      if start is not None:
+        try:
+          state = reader.restore(start, state)
+          window = LogWindow.from_dict(reader.metadata(start).get('log_window'))
+        except GptjaxError as e:
+          older = [s for s in steps if s < start]
+          if 'do not match' in str(e) or 'mismatch' in str(e):
+            hint = ('; its training state does not have the structure this config gives: resume with the '
+                    f'settings in {os.path.join(workdir, "config.json")}, or pass a new --workdir')
+          elif older:
+            hint = f'; pass --restore_step={older[-1]} to resume from the previous checkpoint'
+          else:
+            hint = '; no older checkpoint exists: pass a new --workdir to start fresh'
+          raise GptjaxError(str(e) + hint) from None
+        newer = [s for s in steps if s > start]
   if start is None and tc.init_from:  # parameters only: the optimizer and the step start fresh
     params = pretrained.load_params(tc.init_from, model_config)
     state = state.replace(params=params, opt_state=tx.init(params))
-  # Everything is checked: from here on the run writes to its workdir.
-  os.makedirs(workdir, exist_ok=True)
-  write_data()
-  save_run_files(workdir, config, model_config, tokenizer)
-  if proc == 0 and int(state.step) < tc.max_steps:  # the code and machine of this start (provenance.jsonl)
-    provenance.append(workdir, start_step=int(state.step))
-  if newer:  # resuming from an older step: keep the later checkpoints, out of the way
-    aside = os.path.join(workdir, 'checkpoints.set_aside')
-    os.makedirs(aside, exist_ok=True)
-    for s in newer:
-      os.replace(os.path.join(checkpointer_dir, str(s)), os.path.join(aside, f'{s}-{int(time.time())}'))
-  checkpointer = ckpt_lib.Checkpointer(checkpointer_dir, tc.keep_checkpoints)
+  # Everything is checked: from here on the run writes to its workdir (the lock made it exist).
+  try:
+    write_data()
+    save_run_files(workdir, config, model_config, tokenizer)
+    if proc == 0 and int(state.step) < tc.max_steps:  # the code and machine of this start (provenance.jsonl)
+      provenance.append(workdir, start_step=int(state.step))
+    if newer:  # resuming from an older step: keep the later checkpoints, out of the way
+      aside = os.path.join(workdir, 'checkpoints.set_aside')
+      os.makedirs(aside, exist_ok=True)
+      for s in newer:
+        os.replace(os.path.join(checkpointer_dir, str(s)), os.path.join(aside, f'{s}-{int(time.time())}'))
+  except OSError as e:
+    raise os_error(e, f'cannot write {e.filename or workdir}') from None
 
   step = int(state.step)
   log = tqdm.write if progress else (lambda s: print(s, flush=True))
@@ -323,7 +356,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
       f'{len(train_ids):,} train / {len(val_ids):,} val tokens, {n_dev} device(s) x {n_proc} host(s); '
       + (f'resuming from step {step}' if start is not None else
          f'starting from the parameters of {tc.init_from}' if tc.init_from else 'starting from scratch'))
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if proc == 0 else None
 
   objective = objectives.for_run(tc, tokenizer)
   step_fn = functools.partial(train_steps, model=model, tx=tx, skip_nonfinite=tc.nan_policy == 'skip',
@@ -352,25 +384,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
     return result
 
   def save(at_step):
-    if at_step not in checkpointer.steps():
-      checkpointer.save(at_step, jax.device_get(parallel.unreplicate(p_state)))
-
-  last = {}
-  if step == 0 and tc.eval_iters:
-    last = evaluate()
-    if writer:
-      writer.write(0, **last)
-    log(f'step 0: val loss {last["val_loss"]:.4f}'
-        + (f', val accuracy {last["val_accuracy"]:.4f}' if 'val_accuracy' in last else ''))
-  if step >= tc.max_steps:
-    log(f'{workdir} is already trained to step {step} (train.max_steps={tc.max_steps})')
+    if at_step not in checkpointer.steps():  # with the log window, so a resume logs what this run would
+      checkpointer.save(at_step, jax.device_get(parallel.unreplicate(p_state)),
+                        metadata={'log_window': window.to_dict()})
 
   tokens_per_step = tc.batch_size * tc.seq_len
   peak_flops = hardware.total_peak_flops(devices * n_proc, model_config.dtype)  # None: unknown (CPU)
-  window_losses, window_time, window_steps = [], 0.0, 0
+  window_time, window_steps = 0.0, 0
   compiled_lengths = set()
-  bar = tqdm(total=tc.max_steps, initial=step, disable=not progress, unit='step', dynamic_ncols=True)
+  writer = checkpointer = bar = None
   try:
+    writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if proc == 0 else None
+    try:
+      checkpointer = ckpt_lib.Checkpointer(checkpointer_dir, tc.keep_checkpoints)
+    except OSError as e:
+      raise os_error(e, f'cannot write {e.filename or checkpointer_dir}') from None
+    last = {}
+    if step == 0 and tc.eval_iters:
+      last = evaluate()
+      if writer:
+        writer.write(0, **last)
+      log(f'step 0: val loss {last["val_loss"]:.4f}'
+          + (f', val accuracy {last["val_accuracy"]:.4f}' if 'val_accuracy' in last else ''))
+    if step >= tc.max_steps:
+      log(f'{workdir} is already trained to step {step} (train.max_steps={tc.max_steps})')
+
+    bar = tqdm(total=tc.max_steps, initial=step, disable=not progress, unit='step', dynamic_ncols=True)
     with _StopRequest() as stop:
       while step < tc.max_steps:
         end = _next_boundary(step, tc)
@@ -392,18 +431,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
                               "set --config.train.nan_policy=skip")
           log(f'skipped {int((~np.isfinite(losses)).sum())} update(s) with a non-finite loss '
               f'before step {end}')
-        window_losses.extend(losses[np.isfinite(losses)].tolist())
+        window.add(losses[np.isfinite(losses)])
         step = end
         bar.update(len(losses))
 
         record = {}
         if step % tc.log_interval == 0 or step == tc.max_steps:
-          record['train_loss'] = float(np.mean(window_losses)) if window_losses else float('nan')
+          record['train_loss'] = window.mean()
           record['lr'] = float(schedule(step - 1))
           if window_time > 0:
             record.update(metrics_lib.throughput(window_steps * tokens_per_step, window_time, window_steps,
                                                  model_config, tc.seq_len, peak_flops))
-          window_losses, window_time, window_steps = [], 0.0, 0
+          window, window_time, window_steps = LogWindow(), 0.0, 0
         if tc.eval_iters and (step % tc.eval_interval == 0 or step == tc.max_steps):
           record.update(evaluate())
         if record:
@@ -421,8 +460,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
           raise Preempted(f'stopped by signal {stop.signal} at step {step}; checkpoint saved in '
                           f'{checkpointer_dir}; run the same command again to resume', stop.signal)
   finally:
-    bar.close()
-    checkpointer.close()
+    failing = sys.exc_info()[0] is not None  # then that error is the one to report, not a later one
+    if bar is not None:
+      bar.close()
+    if checkpointer is not None:
+      checkpointer.close(quiet=failing)
     if writer:
       writer.close()
   last['step'] = step

@@ -39,3 +39,11 @@ def tiny_run_config(**overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+# Hypothesis draws the same examples on every run (derived from each test's code), so a failure
+# reproduces, and writes no example database into the checkout.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile('gptjax', derandomize=True, database=None)
+_hypothesis_settings.load_profile('gptjax')

@@ -2,12 +2,13 @@
 an existing workdir."""
 
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from test_reliability import tree_digest
+from test_reliability import in_mount_namespace, tree_digest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'configs', 'tiny.py')
@@ -79,7 +80,7 @@ TRAIN_CASES = {
                               ['holds a run with a different setup', 'model.n_layer=2 (config asks 3)',
                                'new --workdir']),
     'different tokenizer': (['--config.data.tokenizer=char'], ['tokenizer (byte, 256 ids; this data gives char']),
-    'unknown tokenizer': (['--config.data.tokenizer=wordpiece'], ["data.tokenizer='wordpiece'"]),
+    'unknown tokenizer': (['--config.data.tokenizer=nonesuch'], ["data.tokenizer='nonesuch' must be"]),
     'stray argument': (['extra'], ['unexpected arguments']),
     'missing config file': (['--config=configs/nope.py'], ['config file', 'does not exist']),
 }
@@ -109,6 +110,7 @@ def test_debug_flag_shows_the_traceback(byte_run):
   proc = cli('gptjax.train', f'--config={TINY}', f'--workdir={byte_run}', '--config.model.n_layer=3',
              '--debug')
   assert proc.returncode != 0 and 'Traceback' in proc.stderr
+  assert proc.stderr.rstrip().splitlines()[-1].startswith(f'gptjax.errors.GptjaxError: workdir {byte_run} holds a run')
 
 
 SAMPLE_CASES = {
@@ -149,13 +151,132 @@ def test_sample_from_a_workdir_without_checkpoint(tmp_path):
 def test_sample_reads_a_good_prompt(char_run):
   proc = cli('gptjax.sample', f'--workdir={char_run}', '--prompt=The quick', '--max_new_tokens=8',
              '--temperature=0')
-  assert proc.returncode == 0 and len(proc.stdout) > 0, proc.stderr
+  assert proc.returncode == 0, proc.stderr
+  text = proc.stdout[:-1]  # print's newline
+  assert proc.stdout.endswith('\n') and text.startswith('The quick') and len(text) == 9 + 8  # char: 1 per token
+  assert set(text) <= set(POEM)  # every generated character is one of the training text's
 
 
 def test_sample_fills_the_context_by_default(char_run):
   """Without --max_new_tokens a sample runs to the end of the model's 32 positions (never past them)."""
   proc = cli('gptjax.sample', f'--workdir={char_run}', '--prompt=The', '--temperature=0')
   assert proc.returncode == 0, proc.stderr
-  assert len(proc.stdout) == (32 - 3) + 1  # char tokenizer: one character per token, plus print's newline
+  assert proc.stdout.startswith('The') and len(proc.stdout) == 32 + 1  # prompt + 29 new characters + newline
+  alone = cli('gptjax.sample', f'--workdir={char_run}', '--prompt=The', '--temperature=0', '--continuation_only')
+  assert alone.stdout == proc.stdout[3:]
   full = cli('gptjax.sample', f'--workdir={char_run}', '--prompt=' + 'The fox ' * 4)  # 32 characters
   assert_one_line_error(full, 'the prompt (32 tokens) fills the 32 positions')
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files that do not load: one line naming the file, the line and the error
+
+
+CONFIG_FILES = {
+    'syntax error': ('def get_config(:\n  pass\n', ', line 1: SyntaxError: invalid syntax; fix the file'),
+    'exception in get_config': ('from gptjax.config import get_config as base\n\ndef get_config():\n  c = base()\n'
+                                "  c.train.learning_rate = float('1e-3x')\n  return c\n",
+                                ", line 5: ValueError: could not convert string to float: '1e-3x'; fix the file"),
+    'no get_config': ('X = 1\n', ' defines no get_config(); a config file defines get_config() returning an '
+                                  'ml_collections.ConfigDict'),
+    'not a ConfigDict': ('def get_config():\n  return {"model": {}}\n',
+                         ': get_config() returned dict, not an ml_collections.ConfigDict'),
+    'failing import': ('import gptjax.no_such_module\n', ", line 1: ModuleNotFoundError: No module named "
+                                                          "'gptjax.no_such_module'; fix the file"),
+}
+
+
+@pytest.mark.parametrize('case', sorted(CONFIG_FILES))
+def test_config_file_that_does_not_load(case, byte_run, tmp_path):
+  source, message = CONFIG_FILES[case]
+  path = tmp_path / 'broken.py'
+  path.write_text(source)
+  before = tree_digest(byte_run)
+  proc = cli('gptjax.train', f'--config={path}', f'--workdir={byte_run}', '--config.train.max_steps=20')
+  assert_one_line_error(proc)
+  assert proc.stderr == f'error: config file {path}{message}\n'
+  assert tree_digest(byte_run) == before
+
+
+def test_config_file_error_with_debug_shows_the_traceback(tmp_path):
+  path = tmp_path / 'broken.py'
+  path.write_text(CONFIG_FILES['exception in get_config'][0])
+  proc = cli('gptjax.train', f'--config={path}', f'--workdir={tmp_path}/run', '--debug')
+  assert proc.returncode != 0 and 'Traceback' in proc.stderr
+  assert f'File "{path}", line 5, in get_config' in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The filesystem: one line naming the path and what to do; nothing saved is lost
+
+
+def test_workdir_that_is_a_file(tmp_path):
+  (tmp_path / 'notes.txt').write_text('keep me')
+  proc = cli('gptjax.train', f'--config={TINY}', f'--workdir={tmp_path}/notes.txt')
+  assert_one_line_error(proc)
+  assert proc.stderr == (f'error: workdir {tmp_path}/notes.txt is a file, not a directory; pass --workdir=DIR '
+                         'naming a directory (a new one, or the run to resume)\n')
+  proc = cli('gptjax.train', f'--config={TINY}', f'--workdir={tmp_path}/notes.txt/run')
+  assert proc.stderr == (f'error: cannot create workdir {tmp_path}/notes.txt/run: {tmp_path}/notes.txt is a file, '
+                         'not a directory; pass a --workdir whose parents are directories\n')
+  assert (tmp_path / 'notes.txt').read_text() == 'keep me'
+
+
+def test_read_only_workdir_refuses_training_and_still_samples(byte_run, tmp_path):
+  """A read-only bind mount of the finished run (a real EROFS, which root cannot write through)."""
+  out = tmp_path / 'out'
+  env = 'XLA_FLAGS= '
+  proc = in_mount_namespace(f"""
+    mount --bind -o ro {byte_run} {byte_run}
+    {env}{sys.executable} -m gptjax.train --config={TINY} --workdir={byte_run} --config.train.max_steps=20 \
+      >/dev/null 2>{out}.train || echo $? > {out}.rc
+    {env}{sys.executable} -m gptjax.sample --workdir={byte_run} --prompt=def --max_new_tokens=4 \
+      --temperature=0 >{out}.sample 2>&1
+  """)
+  assert proc.returncode == 0, proc.stderr
+  assert open(f'{out}.rc').read().strip() == '2'
+  assert open(f'{out}.train').read() == (f'error: cannot write to workdir {byte_run}: Read-only file system; make '
+                                         'it writable (or use a workdir you can write to)\n')
+  assert open(f'{out}.sample').read().startswith('def')  # reading needs no write
+
+
+def without_root_override(*args):
+  """The command with root's permission overrides (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) dropped,
+  so permission bits apply to it as to any user. Skips where setpriv is missing or refused."""
+  setpriv = shutil.which('setpriv')
+  caps = '-dac_override,-dac_read_search'
+  if setpriv is None or subprocess.run([setpriv, f'--bounding-set={caps}', 'true']).returncode != 0:
+    pytest.skip('setpriv cannot drop capabilities here')
+  return [setpriv, f'--bounding-set={caps}', f'--inh-caps={caps}', sys.executable, '-m', *args]
+
+
+def test_workdir_without_write_permission(byte_run, tmp_path):
+  locked = tmp_path / 'locked'
+  shutil.copytree(byte_run, locked)
+  os.chmod(locked, 0o555)
+  before = tree_digest(str(locked))
+  try:
+    proc = subprocess.run(without_root_override('gptjax.train', f'--config={TINY}', f'--workdir={locked}',
+                                                '--config.train.max_steps=20'),
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, 'XLA_FLAGS': ''},
+                          timeout=300)
+  finally:
+    os.chmod(locked, 0o755)
+  assert_one_line_error(proc)
+  assert proc.stderr == (f'error: cannot write to workdir {locked}: Permission denied; make it writable (or use a '
+                         'workdir you can write to)\n')
+  assert tree_digest(str(locked)) == before
+
+
+def test_data_file_without_read_permission(tmp_path):
+  secret = tmp_path / 'secret.txt'
+  secret.write_text(POEM)
+  secret.chmod(0o000)
+  proc = subprocess.run(without_root_override('gptjax.train', f'--config={TINY}', f'--workdir={tmp_path}/run',
+                                              f'--config.data.path={secret}'),
+                        capture_output=True, text=True, cwd=ROOT, env={**os.environ, 'XLA_FLAGS': ''},
+                        timeout=300)
+  assert_one_line_error(proc)
+  assert proc.stderr == (f'error: cannot read data file {secret}: Permission denied; make it readable, or pass '
+                         'another --config.data.path=FILE\n')
+  assert not os.path.exists(tmp_path / 'run')  # the workdir it would have made is not left behind

@@ -60,7 +60,8 @@ def test_convert_makes_a_run_directory_that_samples_transformers_greedy_text(con
   sample = cli('gptjax.sample', f'--workdir={workdir}', f"--prompt={exp['prompt_text']}", '--temperature=0',
                f"--max_new_tokens={len(exp['greedy_ids'])}")
   assert sample.returncode == 0, sample.stderr
-  assert sample.stdout == exp['greedy_text'] + '\n'  # transformers' greedy ids, decoded by transformers
+  # The prompt, then transformers' greedy ids decoded by transformers.
+  assert sample.stdout == exp['prompt_text'] + exp['greedy_text'] + '\n'
 
 
 def test_export_cli_gives_back_the_fixture(converted, tmp_path):

@@ -137,7 +137,7 @@ def test_bfloat16_compute_returns_float32_logits(tiny_config):
 @pytest.mark.parametrize('fields, words', [
     (dict(n_embd=30, n_head=4), 'not divisible by n_head'),
     (dict(n_kv_head=3), 'n_kv_head=3'),
-    (dict(pos_encoding='alibi'), 'pos_encoding'),
+    (dict(pos_encoding='no-such-encoding'), 'pos_encoding'),  # not a planned encoding
     (dict(pos_encoding='rope', n_embd=30, n_head=2), 'even head_dim'),
     (dict(norm='batchnorm'), 'norm'),
     (dict(mlp='relu'), 'mlp'),

@@ -157,7 +157,7 @@ def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
   elif t.batch_size >= 1 and t.batch_size % n_devices == 0 and (t.batch_size // n_devices) % t.grad_accum_steps:
     per_device = t.batch_size // n_devices
     problems.append(f'train.grad_accum_steps={t.grad_accum_steps} does not divide the {per_device} rows each '
-                    f'device gets (train.batch_size={t.batch_size} over {n_devices} devices); use a '
+                    f'device gets (train.batch_size={t.batch_size} over the {n_devices} devices); use a '
                     'divisor of it, or a larger batch')
   for name in ('max_steps', 'warmup_steps', 'eval_iters', 'keep_checkpoints'):
     if t[name] < 0:

@@ -154,7 +154,7 @@ def test_mfu_is_null_where_the_peak_is_unknown_and_uses_the_table_where_known():
 def test_config_refuses_accumulation_that_does_not_split_each_devices_rows_in_one_line():
   config_lib.validate(tiny_run_config(**{'train.grad_accum_steps': 4}), 2)  # 8 rows: 4 a device, 1 a micro-batch
   with pytest.raises(GptjaxError, match=r'^train.grad_accum_steps=3 does not divide the 4 rows each device gets '
-                                        r'\(train.batch_size=8 over 2 devices\); use a divisor of it, or a larger batch$'):
+                                        r'\(train.batch_size=8 over the 2 devices\); use a divisor of it, or a larger batch$'):
     config_lib.validate(tiny_run_config(**{'train.grad_accum_steps': 3}), 2)
   with pytest.raises(GptjaxError, match=r'^train.grad_accum_steps=0 must be >= 1$'):
     config_lib.validate(tiny_run_config(**{'train.grad_accum_steps': 0}), 1)

@@ -7,8 +7,10 @@ parallel (devices), checkpoint (orbax), metrics (metrics.jsonl, TensorBoard, MFU
 (defaults and validation), evaluate (loss, perplexity and bits per byte of a run on any text),
 plot (loss curves of runs as a picture), provenance (the code, versions and machine of a run),
 hf (GPT-2 weights in and out of Hugging Face's format), pretrained (starting a run from existing
-weights), workdir (one training run per workdir: its lock). Commands: train, sample, evaluate,
-plot, convert. Design notes: DESIGN.md.
+weights), workdir (one training run per workdir: its lock), sweep (sweep files and their points),
+sweep_run (points as pinned child processes, --dry_run, --slurm), sweep_summary (a sweep's tables
+and plots), scaling (power-law fits). Commands: train, sample, evaluate, plot, convert, sweep.
+Design notes: DESIGN.md.
 """
 
 __version__ = '0.1.0'

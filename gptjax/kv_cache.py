@@ -7,6 +7,11 @@ Q, K, V for the new token only and attend once over the cached prefix (O(n) per 
 The cache is plain data: `init` makes one, the model takes it in and returns an updated one, and
 nothing is stored on a module between calls. Each row of the batch is its own sequence with its own
 write position, so prompts of different lengths share one batch.
+
+A step attends over every slot of the cache it is given, so its cost follows `max_len`, not what is
+filled: decoding (`decode.py`) keeps the cache only as long as the longest row needs, growing it in
+a few steps (`resize`), so a step costs what the filled prefix costs. `set_row` puts back a row that
+was re-encoded on its own (a sliding window re-prefilled at positions 0..).
 """
 
 from __future__ import annotations
@@ -82,3 +87,26 @@ def visible(pos: jax.Array, seq_len: int, max_len: int) -> jax.Array:
   """
   query_pos = pos[:, None] + jnp.arange(seq_len)[None, :]  # [batch, seq]
   return jnp.arange(max_len)[None, None, :] <= query_pos[:, :, None]
+
+
+def resize(cache: KVCache, max_len: int) -> KVCache:
+  """The cache with max_len slots: grown with empty slots at the end, or cut to its first max_len.
+
+  Cutting drops slots past max_len, so callers cut only slots no row has filled (pos <= max_len).
+  """
+  have = cache.max_len
+  if max_len > have:
+    change = lambda b: jnp.pad(b, ((0, 0), (0, max_len - have), (0, 0)))
+  else:
+    change = lambda b: b[:, :max_len]
+  return cache.replace(k=tuple(map(change, cache.k)), v=tuple(map(change, cache.v)))
+
+
+def set_row(cache: KVCache, row: jax.Array, part: KVCache) -> KVCache:
+  """Row `row` (a traced int) of the cache replaced by the one-row cache `part`: its first
+  part.max_len slots take part's keys and values and its pos becomes part.pos[0]. Slots after them
+  keep stale values, which the new pos hides."""
+  n_kv = part.k[0].shape[0]  # a one-row cache holds n_kv_head rows of [max_len, head_dim]
+  put = lambda buffer, new: jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), (row * n_kv, 0, 0))
+  return KVCache(k=tuple(map(put, cache.k, part.k)), v=tuple(map(put, cache.v, part.v)),
+                 pos=cache.pos.at[row].set(part.pos[0]))

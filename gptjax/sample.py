@@ -66,7 +66,8 @@ def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int | None
                         stop: str = '', step: int | None = None) -> list[str]:
   """num_samples continuations of prompt (the prompt itself not included), cut at `stop` if given.
 
-  max_new_tokens=None generates up to the end of the model's context (block_size positions).
+  max_new_tokens=None generates up to the end of the model's context (block_size positions); more
+  is fine: a sample that fills the context keeps its last block_size // 2 tokens and goes on.
   """
   if not prompt:
     raise GptjaxError('the prompt is empty; give at least one character with --prompt')
@@ -88,7 +89,7 @@ def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int | None
   stop_ids = tokenizer.encode(stop) if stop else []
   result = decode.generate(
       params, model_config, [ids] * num_samples, jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
-      temperature=temperature, top_k=top_k, top_p=top_p,
+      temperature=temperature, top_k=top_k, top_p=top_p, real_vocab_size=tokenizer.vocab_size,
       stop_tokens=tuple(stop_ids) if len(stop_ids) == 1 else ())
   tokens, lengths = jax.device_get((result.tokens, result.lengths))
   texts = [tokenizer.decode(row[:n]) for row, n in zip(tokens, lengths)]
@@ -106,7 +107,8 @@ def main():
   flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/ and tokenizer.json.')
   flags.DEFINE_string('prompt', '\n', 'Text to continue.')
   flags.DEFINE_integer('max_new_tokens', None,
-                       "Tokens to generate per sample (default: up to the end of the model's context).")
+                       "Tokens to generate per sample (default: up to the end of the model's context; "
+                       'past it, a sample keeps its last block_size // 2 tokens and goes on).')
   flags.DEFINE_float('temperature', 0.8, 'Softmax temperature; 0 = greedy.')
   flags.DEFINE_integer('top_k', 0, 'Keep the k most likely tokens (0 = all).')
   flags.DEFINE_float('top_p', 1.0, 'Keep the smallest set of tokens whose probability reaches p.')

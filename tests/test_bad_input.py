@@ -116,8 +116,6 @@ def test_debug_flag_shows_the_traceback(byte_run):
 SAMPLE_CASES = {
     'character outside the vocabulary': (['--prompt=The ✓ fox'], ["not in the tokenizer vocabulary: '✓'"]),
     'empty prompt': (['--prompt='], ['the prompt is empty']),
-    'beyond the context': (['--prompt=The', '--max_new_tokens=40'],
-                           ['prompt (3 tokens) + max_new_tokens (40) exceeds the 32 positions']),
     'negative temperature': (['--temperature=-0.5'], ['temperature=-0.5 must be']),
     'negative top_k': (['--top_k=-1'], ['top_k=-1 must be an integer between 0']),
     'top_k beyond vocabulary': (['--top_k=1000'], ['top_k=1000', 'vocabulary size']),
@@ -155,6 +153,14 @@ def test_sample_reads_a_good_prompt(char_run):
   text = proc.stdout[:-1]  # print's newline
   assert proc.stdout.endswith('\n') and text.startswith('The quick') and len(text) == 9 + 8  # char: 1 per token
   assert set(text) <= set(POEM)  # every generated character is one of the training text's
+
+
+def test_sample_goes_past_the_context_when_asked(char_run):
+  """--max_new_tokens beyond the model's 32 positions slides the window: all 40 characters come out."""
+  proc = cli('gptjax.sample', f'--workdir={char_run}', '--prompt=The', '--max_new_tokens=40', '--temperature=0',
+             '--continuation_only')
+  assert proc.returncode == 0, proc.stderr
+  assert len(proc.stdout) == 40 + 1  # char tokenizer: one character per token, plus print's newline
 
 
 def test_sample_fills_the_context_by_default(char_run):

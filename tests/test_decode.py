@@ -1,6 +1,7 @@
 """Decoding: the KV cache reproduces the full forward, the scan loop reproduces a naive loop,
 sampling strategies do what they say, rows are independent, and the seed's example generates."""
 
+import dataclasses
 import functools
 
 import jax
@@ -73,11 +74,109 @@ def test_greedy_with_cache_equals_naive_loop_for_64_tokens(params):
 
 def test_ragged_batch_equals_each_prompt_alone(params):
   prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [4, 4, 2]]
-  kwargs = dict(max_new_tokens=12, temperature=0.0)
+  kwargs = dict(max_new_tokens=12, temperature=0.0, bucket_size=16)  # the batch grows to 32 slots, alone not all
   batch = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), **kwargs)
   for i, p in enumerate(prompts):
     alone = decode.generate(params, CONFIG, [p], jax.random.PRNGKey(0), **kwargs)
     assert batch.tokens[i].tolist() == alone.tokens[0].tolist()
+
+
+RAGGED = [[3, 1, 4], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0], [1, 4, 1, 4, 2, 1, 3]]
+
+
+def test_ragged_rows_crossing_bucket_boundaries_equal_the_naive_loop(params):
+  """Buckets of 16, 32, 64, 96 slots: the rows (3, 14 and 7 prompt tokens) reach each boundary at
+  different steps of the same chunks, and every row still equals the full forward run token by token."""
+  prompts = RAGGED
+  out = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), max_new_tokens=70,
+                        temperature=0.0, bucket_size=8)
+  for row, prompt in zip(out.tokens.tolist(), prompts):
+    assert row == naive_greedy(params, prompt, 70)
+
+
+def compiled_programs():
+  return sum(program._cache_size() for program in decode.PROGRAMS)
+
+
+def test_compiled_programs_are_bounded_whatever_max_new_tokens(params):
+  """The documented bound: at most 1 (prefill) + 2 per bucket (grow into it, decode in it) + 1 (slide)
+  programs per call, and a longer request with the same prompt shape reuses the shorter one's."""
+  for program in decode.PROGRAMS:
+    program.clear_cache()
+  buckets = decode.cache_buckets(CONFIG.block_size, 8)
+  assert buckets == (8, 16, 32, 64, 96)
+  bound = 1 + 2 * len(buckets) + 1
+  counts = []
+  for n in (10, 100, 1000):  # 100 and 1000 go past the 96 positions: rows slide 1 and about 20 times
+    out = decode.generate(params, CONFIG, RAGGED, jax.random.PRNGKey(0), max_new_tokens=n, temperature=0.0,
+                          bucket_size=8)
+    assert out.tokens.shape == (3, n) and out.lengths.tolist() == [n] * 3
+    counts.append(compiled_programs())
+  # 10 tokens after a 14-token prompt reach slot 23: the prefill, decoding in 16, growing to and decoding
+  # in 32 (4 programs); 100 adds growing to and decoding in 64 and 96, and sliding (5 more); 1000 runs
+  # only those again.
+  assert counts == [4, 9, 9], counts
+  assert counts[-1] <= bound
+
+
+# ---------------------------------------------------------------------------------------------
+# Generating past the context: each full row keeps its last `keep` tokens and goes on
+
+SLIDE = M.GPTConfig(vocab_size=16, block_size=24, n_layer=2, n_head=2, n_embd=32)
+
+
+def naive_sliding(config, params, prompt, n_new, keep):
+  """The reference: the full forward on the row's window each step; a window that outgrows
+  block_size is cropped to its last `keep` tokens, a prompt longer than it to its last block_size."""
+  seq, start, out = list(prompt), max(0, len(prompt) - config.block_size), []
+  for _ in range(n_new):
+    if len(seq) - start > config.block_size:
+      start = len(seq) - keep
+    window = np.zeros((1, config.block_size), np.int32)
+    window[0, :len(seq) - start] = seq[start:]
+    logits = full_forward(config, params, jnp.asarray(window))  # causal: the padding is never seen
+    seq.append(int(jnp.argmax(logits[0, len(seq) - start - 1])))
+    out.append(seq[-1])
+  return out
+
+
+@pytest.mark.parametrize('pos_encoding, keep', [('learned', None), ('sinusoidal', 7), ('rope', 12),
+                                                ('learned', 24), ('learned', 1)])
+def test_sliding_past_the_context_equals_the_cropping_loop(pos_encoding, keep):
+  """Rows of 5, 1, 9 and 30 tokens (the last longer than the 24 positions) each slide when they fill,
+  at different steps, and still equal the naive cropping loop token for token; keep 24 slides at
+  every step, keep 1 keeps only the token it feeds."""
+  config = dataclasses.replace(SLIDE, pos_encoding=pos_encoding)
+  params = jax.tree.map(lambda x: x * 8 if x.ndim == 2 else x, M.init_params(config, jax.random.PRNGKey(0)))
+  prompts = [[1, 2, 3, 4, 5], [9], [4, 4, 2, 7, 1, 1, 3, 8, 6], [i % 16 for i in range(30)]]
+  n_new = 60
+  # One bucket (the 30-token row fills the context at once; buckets are tested above): fewer programs.
+  kwargs = dict(max_new_tokens=n_new, temperature=0.0, bucket_size=24, keep=keep)
+  out = decode.generate(params, config, prompts, jax.random.PRNGKey(0), **kwargs)
+  for i, prompt in enumerate(prompts):
+    want = naive_sliding(config, params, prompt, n_new, config.block_size // 2 if keep is None else keep)
+    assert out.tokens[i].tolist() == want, i
+    assert len(set(want)) > 2  # a varied sequence, so the match means something
+  if keep is None:  # and each row slides the same alone as in a batch whose rows slide at other steps
+    for i, prompt in enumerate(prompts):
+      alone = decode.generate(params, config, [prompt], jax.random.PRNGKey(0), **kwargs)
+      assert alone.tokens[0].tolist() == out.tokens[i].tolist(), i
+
+
+def test_stop_tokens_past_the_context(params):
+  """A stop token first sampled after a row's slide ends that row there; rows end at different steps."""
+  prompts = [[3, 1, 4], [2, 7], [5, 9, 2, 6, 5, 3, 5, 8, 9]]
+  kwargs = dict(max_new_tokens=300, temperature=0.0, bucket_size=96)  # one bucket: fewer programs
+  free = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), **kwargs).tokens.tolist()
+  first_slide = [CONFIG.block_size - len(p) for p in prompts]  # tokens made before a row's first slide
+  after_slide = lambda t, row, s: t in row[s:] and t not in row[:s]
+  stop = next(t for t in range(16) if all(after_slide(t, row, s) for row, s in zip(free, first_slide)))
+  out = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), stop_tokens=[stop], pad_id=15, **kwargs)
+  ends = [row.index(stop) for row in free]
+  assert out.lengths.tolist() == ends and out.stopped.all()
+  for row, want, n in zip(out.tokens.tolist(), free, ends):
+    assert row == want[:n] + [15] * (300 - n)
+  assert len(set(ends)) == 3
 
 
 def test_ragged_prefill_logits_equal_each_prompt_alone(params):
@@ -88,17 +187,6 @@ def test_ragged_prefill_logits_equal_each_prompt_alone(params):
   for i, n in enumerate(lengths):
     alone = full_forward(CONFIG, params, jnp.asarray(prompts[i:i + 1, :n]))[0, -1]
     np.testing.assert_allclose(np.asarray(logits[i]), np.asarray(alone), atol=1e-5, rtol=1e-5)
-
-
-def test_generate_compiles_once_per_shape(params):
-  decode._generate.clear_cache()
-  kwargs = dict(max_new_tokens=8, temperature=0.7, top_k=5)
-  decode.generate(params, CONFIG, [[1, 2, 3]], jax.random.PRNGKey(0), **kwargs)
-  assert decode._generate._cache_size() == 1
-  decode.generate(params, CONFIG, [[4, 5, 6]], jax.random.PRNGKey(1), **kwargs)  # new data, same shapes
-  assert decode._generate._cache_size() == 1
-  decode.generate(params, CONFIG, [[4, 5, 6, 7]], jax.random.PRNGKey(1), **kwargs)  # a new shape compiles
-  assert decode._generate._cache_size() == 2
 
 
 def test_sampling_is_reproducible_for_a_seed(params):
@@ -116,6 +204,38 @@ def test_top_k_1_is_greedy(params):
   top1 = decode.generate(params, CONFIG, [[7, 7]], jax.random.PRNGKey(3), max_new_tokens=30,
                          temperature=1.5, top_k=1)
   np.testing.assert_array_equal(greedy.tokens, top1.tokens)
+
+
+def test_padding_ids_of_a_padded_vocabulary_are_never_sampled():
+  """Ids from real_vocab up (a vocabulary padded past the tokenizer's) are never picked, whatever the
+  strategy, even when their logits are the largest."""
+  logits = jnp.tile(jnp.array([[0.0, 1.0, 0.5, 9.0, 8.0]]), (2000, 1))  # ids 3, 4: padding, most likely
+  for sampling in [decode.Sampling(0.0, real_vocab=3), decode.Sampling(1.0, real_vocab=3),
+                   decode.Sampling(5.0, top_k=5, real_vocab=3), decode.Sampling(1.0, top_p=0.99, real_vocab=3)]:
+    tokens = np.asarray(decode.sample_logits(jax.random.PRNGKey(0), logits, sampling))
+    assert tokens.max() < 3, sampling
+    assert len(set(tokens.tolist())) == (1 if sampling.temperature == 0 else 3)  # the real ids still drawn
+  # Without the limit the padding wins (so the check above could fail).
+  assert int(decode.sample_logits(jax.random.PRNGKey(0), logits[:1], decode.Sampling(0.0))[0]) == 3
+
+
+def test_generate_with_a_padded_vocabulary_equals_greedy_over_the_real_ids(params):
+  """CONFIG's 16 ids as a tokenizer's 11 padded to 16: generation never emits 11..15 and equals the
+  naive greedy loop taking the argmax over ids 0..10 only."""
+  prompt, n_real = [3, 1, 4], 11
+  free = decode.generate(params, CONFIG, [prompt], jax.random.PRNGKey(0), max_new_tokens=40, temperature=0.0)
+  assert max(free.tokens[0]) >= n_real  # the random model does pick padding ids when allowed
+  out = decode.generate(params, CONFIG, [prompt], jax.random.PRNGKey(0), max_new_tokens=40, temperature=0.0,
+                        real_vocab_size=n_real)
+  seq = list(prompt)
+  for _ in range(40):
+    window = np.zeros((1, CONFIG.block_size), np.int32)
+    window[0, :len(seq)] = seq
+    seq.append(int(jnp.argmax(full_forward(CONFIG, params, jnp.asarray(window))[0, len(seq) - 1, :n_real])))
+  assert out.tokens[0].tolist() == seq[len(prompt):]
+  sampled = decode.generate(params, CONFIG, [prompt] * 8, jax.random.PRNGKey(0), max_new_tokens=40,
+                            temperature=2.0, real_vocab_size=n_real)
+  assert sampled.tokens.max() < n_real
 
 
 def test_top_k_keeps_the_k_largest():
@@ -174,18 +294,23 @@ def test_stop_tokens_end_rows_independently(params):
 
 
 @pytest.mark.parametrize('kwargs, words', [
-    (dict(max_new_tokens=95), 'exceeds the 96 positions'),
+    (dict(max_new_tokens=4, bucket_size=0), 'bucket_size=0'),
+    (dict(max_new_tokens=4, keep=97), 'keep=97'),
     (dict(max_new_tokens=0), 'max_new_tokens=0'),
     (dict(max_new_tokens=4, temperature=-1.0), 'temperature'),
     (dict(max_new_tokens=4, top_k=17), 'top_k=17'),
     (dict(max_new_tokens=4, top_p=0.0), 'top_p=0.0'),
     (dict(max_new_tokens=4, top_p=1.5), 'top_p=1.5'),
+    (dict(max_new_tokens=4, real_vocab_size=17), 'real_vocab_size=17'),
+    (dict(max_new_tokens=4, real_vocab_size=0), 'real_vocab_size=0'),
+    (dict(max_new_tokens=4, top_k=12, real_vocab_size=11), 'top_k=12 .* vocabulary size 11'),
 ])
 def test_bad_generate_arguments_fail_before_compute(params, kwargs, words):
-  decode._generate.clear_cache()
+  for program in decode.PROGRAMS:
+    program.clear_cache()
   with pytest.raises(GptjaxError, match=words):
     decode.generate(params, CONFIG, [[1, 2]], jax.random.PRNGKey(0), **kwargs)
-  assert decode._generate._cache_size() == 0  # nothing was compiled or run
+  assert compiled_programs() == 0  # nothing was compiled or run
 
 
 def test_empty_prompt_is_refused(params):

@@ -62,3 +62,24 @@ def test_decode_writes_in_place_inside_scan():
   shape = 'f32[%d,32,%d]' % (2 * TINY.kv_heads, TINY.head_dim)
   assert re.search(re.escape(shape) + r'\{[0-9,]*\} (scatter|dynamic-update-slice)\(', hlo)  # updated...
   assert not re.search(re.escape(shape) + r'\{[0-9,]*\} copy\(', hlo)  # ...in place, never copied
+
+
+def test_resize_grows_with_empty_slots_and_cuts_to_a_prefix():
+  cache = kvc.init(TINY, batch=2, max_len=4)
+  cache = cache.replace(k=tuple(b + 1 for b in cache.k), pos=jnp.array([3, 1]))
+  grown = kvc.resize(cache, 10)
+  assert grown.max_len == 10 and grown.pos.tolist() == [3, 1]
+  assert float(grown.k[0][:, :4].min()) == 1 and float(abs(grown.k[0][:, 4:]).max()) == 0  # new slots empty
+  cut = kvc.resize(grown, 3)
+  assert cut.max_len == 3 and float(cut.k[1].min()) == 1  # the first 3 slots, as they were
+
+
+def test_set_row_replaces_one_rows_prefix_and_position():
+  cache = kvc.init(TINY, batch=3, max_len=6)
+  cache = cache.replace(k=tuple(b + 7 for b in cache.k), pos=jnp.array([6, 6, 5]))
+  part = kvc.init(TINY, batch=1, max_len=2)
+  part = part.replace(k=tuple(b - 1 for b in part.k), pos=jnp.array([2]))
+  out = kvc.set_row(cache, jnp.int32(1), part)
+  k = np.asarray(out.layer(0, TINY.kv_heads)[0])  # [batch, heads, max_len, head_dim]
+  assert (k[1, :, :2] == -1).all() and (k[1, :, 2:] == 7).all()  # row 1: new prefix, stale rest
+  assert (k[[0, 2]] == 7).all() and out.pos.tolist() == [6, 2, 5]  # other rows untouched

@@ -158,7 +158,7 @@ def test_generate_arguments_are_checked_before_compute(prompts, max_new_tokens, 
                                                        top_k, top_p, stop)
   except GptjaxError:
     return
-  assert p.shape[1] + max_new_tokens <= CONFIG.block_size and lengths.min() >= 1
+  assert p.shape[1] <= CONFIG.block_size and max_new_tokens >= 1 and lengths.min() >= 1
   assert sampling.temperature >= 0 and 0 <= sampling.top_k <= 16 and 0 < sampling.top_p <= 1
 
 

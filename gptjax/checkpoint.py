@@ -141,9 +141,16 @@ class Checkpointer:
   def restore(self, step: int, like):
     """The state saved at `step`, with the structure, shapes and dtypes of `like` (arrays or abstract).
 
-    Raises GptjaxError naming the step and its path if the files cannot be read.
+    Each leaf is read straight into the sharding `like` gives it (a jax.ShapeDtypeStruct's or an
+    array's), whatever layout wrote it: each device reads only its own shard, nothing is gathered.
+    A leaf with no sharding is read onto this process's first device. Raises GptjaxError naming the
+    step and its path if the files cannot be read.
     """
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    first_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda x: x if getattr(x, 'sharding', None) is not None else jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=first_device),
+        jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
     with self._read_errors(step):
       return self._manager.restore(step, args=ocp.args.StandardRestore(target))
 

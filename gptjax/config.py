@@ -14,7 +14,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
-from gptjax import attention
+from gptjax import attention, parallel
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
@@ -82,10 +82,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_interval = 500
   c.train.keep_checkpoints = 3
   c.train.nan_policy = 'stop'  # 'stop' at a NaN/Inf loss, or 'skip' the update of such a step
-  c.train.devices = 0  # use this many local devices; 0 = all
+  c.train.devices = 0  # use this many local devices (of each host); 0 = all
   # Start from these parameters (a converted run directory or a Hugging Face GPT-2 directory): fresh
   # optimizer, step 0; the model's shape comes from there, block_size and vocab_size from here.
   c.train.init_from = ''
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.strategy = 'pmap'  # 'pmap' (a replica per device) or 'mesh' (jit over data x fsdp x tensor)
+  # Mesh axis sizes, for strategy 'mesh'; their product is the device count, and one may be -1 (the rest).
+  c.parallel.data = -1  # data parallel: batch rows split, state replicated
+  c.parallel.fsdp = 1  # fully sharded data parallel: batch rows AND parameters/optimizer state split
+  c.parallel.tensor = 1  # tensor parallel: attention heads, MLP width and vocabulary split
   return c
 
 
@@ -149,15 +156,25 @@ def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
   if t.seq_len > m.block_size:
     problems.append(f'train.seq_len={t.seq_len} is larger than the {m.block_size} positions the model '
                     'supports (model.block_size)')
-  if t.batch_size < 1 or t.batch_size % n_devices:
-    problems.append(f'train.batch_size={t.batch_size} is not divisible by the {n_devices} devices; '
-                    f'use a multiple of {n_devices} or set --config.train.devices')
+  p = config.parallel
+  split, split_by = n_devices, f'the {n_devices} devices'  # how many ways each batch's rows are split
+  if p.strategy not in ('pmap', 'mesh'):
+    problems.append(f"parallel.strategy={p.strategy!r} must be 'pmap' or 'mesh'")
+  elif p.strategy == 'mesh':
+    try:
+      data, fsdp, _ = parallel.mesh_shape(p, n_devices)
+      if data * fsdp != n_devices:
+        split, split_by = data * fsdp, f'parallel.data x parallel.fsdp = {data} x {fsdp} devices'
+    except GptjaxError as e:
+      problems.append(str(e))
+  if t.batch_size < 1 or t.batch_size % split:
+    problems.append(f'train.batch_size={t.batch_size} is not divisible by {split_by}; '
+                    f'use a multiple of {split} or set --config.train.devices')
   if t.grad_accum_steps < 1:
     problems.append(f'train.grad_accum_steps={t.grad_accum_steps} must be >= 1')
-  elif t.batch_size >= 1 and t.batch_size % n_devices == 0 and (t.batch_size // n_devices) % t.grad_accum_steps:
-    per_device = t.batch_size // n_devices
-    problems.append(f'train.grad_accum_steps={t.grad_accum_steps} does not divide the {per_device} rows each '
-                    f'device gets (train.batch_size={t.batch_size} over the {n_devices} devices); use a '
+  elif t.batch_size >= 1 and t.batch_size % split == 0 and (t.batch_size // split) % t.grad_accum_steps:
+    problems.append(f'train.grad_accum_steps={t.grad_accum_steps} does not divide the {t.batch_size // split} '
+                    f'rows each device gets (train.batch_size={t.batch_size} over {split_by}); use a '
                     'divisor of it, or a larger batch')
   for name in ('max_steps', 'warmup_steps', 'eval_iters', 'keep_checkpoints'):
     if t[name] < 0:

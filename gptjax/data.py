@@ -606,21 +606,16 @@ TRAIN_STREAM, EVAL_STREAM = 0, 1
 
 
 def batch_at(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len: int,
-             stream: int = TRAIN_STREAM) -> np.ndarray:
+             stream: int = TRAIN_STREAM, rows: slice = slice(None)) -> np.ndarray:
   """The batch of `step`: [batch_size, seq_len + 1] int32 windows at random offsets of `tokens`.
 
-  A pure function of (seed, stream, step): no sampler state exists to save or restore.
+  A pure function of (seed, stream, step): no sampler state exists to save or restore. `rows` picks
+  some rows of that global batch (a host's share) and reads only their tokens.
   """
   n_windows = len(tokens) - seq_len
   if n_windows < 1:
     raise GptjaxError(f'the split has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}; '
                       'use more text or a smaller --config.train.seq_len')
   rng = np.random.default_rng([seed, stream, step])
-  starts = rng.integers(0, n_windows, size=batch_size)
+  starts = rng.integers(0, n_windows, size=batch_size)[rows]
   return np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)[None, :]], np.int32)
-
-
-def host_rows(batch: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
-  """This host's contiguous share of a global batch (the leading-after-steps axis is split)."""
-  rows = batch.shape[-2] // process_count
-  return batch[..., process_index * rows:(process_index + 1) * rows, :]

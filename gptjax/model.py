@@ -27,6 +27,10 @@ The defaults build GPT-2's block. Llama-style options, each a GPTConfig switch t
     mlp='swiglu'          silu(x W_gate) * (x W_fc), then W_proj; hidden width 8/3 d (see mlp_width)
     qk_norm=True          RMSNorm of each head's q and k before RoPE and the dot product
     bias=False            no biases anywhere;  n_kv_head < n_head: grouped-query attention
+
+Every parameter's initializer names its dimensions with logical axes ('vocab', 'embed', 'qkv',
+'heads', 'mlp', 'position', 'head_dim'); `gptjax/parallel.py` maps those names to mesh axes.
+`init_params` returns plain arrays and `param_axes` the names, so nothing else sees the annotations.
 """
 
 from __future__ import annotations
@@ -151,6 +155,17 @@ def _float32_dot(lhs, rhs, dimension_numbers, precision=None, **kwargs):
                              preferred_element_type=jnp.float32, **kwargs)
 
 
+def _named(init, *axes):
+  """`init` with a logical axis name for each dimension of the parameter it makes."""
+  return nn.with_logical_partitioning(init, axes)
+
+
+def _split_as(x, *axes):
+  """Asks the partitioner to lay activation x out by logical axis names ('batch' rows over the data
+  axes, 'heads'/'mlp'/'vocab' over tensor, None whole). A no-op outside the mesh strategy's rules."""
+  return nn.with_logical_constraint(x, axes)
+
+
 def sinusoidal_positions(n_pos: int, d: int) -> jax.Array:
   """P[pos, 2i] = sin(pos / 10000^(2i/d)), P[pos, 2i+1] = cos(pos / 10000^(2i/d)); [n_pos, d]."""
   pos = jnp.arange(n_pos, dtype=jnp.float32)[:, None]
@@ -175,34 +190,37 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
 
 
-def norm(config: GPTConfig, name: str | None = None, kind: str | None = None) -> nn.Module:
+def norm(config: GPTConfig, name: str | None = None, kind: str | None = None, axis: str = 'embed') -> nn.Module:
   """LayerNorm (GPT-2: (x - mean) / std * g + b) or RMSNorm (Llama: x / rms(x) * g), over the last
-  axis; `kind` ('layernorm' or 'rmsnorm') defaults to config.norm."""
+  axis, whose logical name is `axis`; `kind` ('layernorm' or 'rmsnorm') defaults to config.norm."""
+  ones, zeros = _named(nn.initializers.ones, axis), _named(nn.initializers.zeros, axis)
   if (kind or config.norm) == 'rmsnorm':
-    return nn.RMSNorm(epsilon=1e-5, dtype=config.dtype, param_dtype=config.param_dtype, name=name)
-  return nn.LayerNorm(epsilon=1e-5, use_bias=config.bias, dtype=config.dtype, param_dtype=config.param_dtype,
+    return nn.RMSNorm(epsilon=1e-5, dtype=config.dtype, param_dtype=config.param_dtype, scale_init=ones,
                       name=name)
+  return nn.LayerNorm(epsilon=1e-5, use_bias=config.bias, dtype=config.dtype, param_dtype=config.param_dtype,
+                      scale_init=ones, bias_init=zeros, name=name)
 
 
 def attention(q, k, v, mask, dropout: nn.Module, deterministic: bool):
   """Softmax(Q K^T / sqrt(d)) V; returns [batch, seq, n_head * head_dim].
 
-  q: [batch, seq, n_head, head_dim]; k, v: [batch * n_kv_head, kv_len, head_dim] (the KV cache's
-  layout); mask: [batch, seq, kv_len], True where a query may attend. Each K/V head serves
-  n_head // n_kv_head query heads (grouped-query attention when n_kv_head < n_head).
+  q: [batch, seq, n_head, head_dim]; k, v: [batch, n_kv_head, kv_len, head_dim] (the KV cache's
+  [batch * n_kv_head, ...] buffers, viewed per row); mask: [batch, seq, kv_len], True where a query
+  may attend. Each K/V head serves n_head // n_kv_head query heads (grouped-query attention when
+  n_kv_head < n_head).
   """
   batch, seq, n_head, head_dim = q.shape
-  n_kv = k.shape[0] // batch
+  n_kv = k.shape[1]
   group = n_head // n_kv
-  # [batch * n_kv, group * seq, head_dim]: each K/V head with all the queries it serves.
+  # [batch, n_kv, group * seq, head_dim]: each K/V head with all the queries it serves.
   q = q.reshape(batch, seq, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
-  q = q.reshape(batch * n_kv, group * seq, head_dim)
-  scores = jnp.einsum('nqd,nld->nql', q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+  q = q.reshape(batch, n_kv, group * seq, head_dim)
+  scores = jnp.einsum('bnqd,bnld->bnql', q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
   scores = scores.reshape(batch, n_kv, group, seq, -1)
   scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
-  probs = probs.reshape(batch * n_kv, group * seq, -1).astype(v.dtype)
-  out = jnp.einsum('nql,nld->nqd', probs, v)  # [batch * n_kv, group * seq, head_dim]
+  probs = probs.reshape(batch, n_kv, group * seq, -1).astype(v.dtype)
+  out = jnp.einsum('bnql,bnld->bnqd', probs, v)  # [batch, n_kv, group * seq, head_dim]
   out = out.reshape(batch, n_kv, group, seq, head_dim).transpose(0, 3, 1, 2, 4)
   return out.reshape(batch, seq, n_head * head_dim)
 
@@ -220,23 +238,26 @@ class CausalSelfAttention(nn.Module):
     """
     c = self.config
     batch, seq, _ = mask.shape
-    dense = lambda features, std, name: nn.Dense(
+    dense = lambda features, std, axes, name: nn.Dense(
         features, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
-        kernel_init=nn.initializers.normal(std), name=name)
-    qkv = dense((c.n_head + 2 * c.kv_heads) * c.head_dim, 0.02, 'c_attn')(x)
+        kernel_init=_named(nn.initializers.normal(std), *axes),
+        bias_init=_named(nn.initializers.zeros, axes[1]), name=name)
+    # [q | k | v] heads side by side: 'qkv' is the fused (n_head + 2 * n_kv_head) * head_dim axis.
+    qkv = dense((c.n_head + 2 * c.kv_heads) * c.head_dim, 0.02, ('embed', 'qkv'), 'c_attn')(x)
     q, k, v = jnp.split(qkv, [c.n_head * c.head_dim, (c.n_head + c.kv_heads) * c.head_dim], axis=-1)
-    q = q.reshape(batch, seq, c.n_head, c.head_dim)
+    q = _split_as(q.reshape(batch, seq, c.n_head, c.head_dim), 'batch', None, 'heads', None)
     k = k.reshape(batch, seq, c.kv_heads, c.head_dim)
     if c.qk_norm:  # unit-RMS queries and keys (times a learned gain): attention logits stay bounded
-      q, k = norm(c, 'q_norm', 'rmsnorm')(q), norm(c, 'k_norm', 'rmsnorm')(k)
+      q, k = (norm(c, name, 'rmsnorm', axis='head_dim')(t) for name, t in (('q_norm', q), ('k_norm', k)))
     if c.pos_encoding == 'rope':  # each token at its own position (its row's cache slot when decoding)
       q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
-    to_heads = lambda t: (t.reshape(batch, seq, c.kv_heads, c.head_dim).transpose(0, 2, 1, 3)
-                          .reshape(batch * c.kv_heads, seq, c.head_dim))
-    k, v = to_heads(k), to_heads(v)  # [batch * n_kv_head, seq, head_dim]
+    to_heads = lambda t: _split_as(t.reshape(batch, seq, c.kv_heads, c.head_dim).transpose(0, 2, 1, 3),
+                                   'batch', 'heads', None, None)
+    k, v = to_heads(k), to_heads(v)  # [batch, n_kv_head, seq, head_dim]
     if kv is not None:  # decoding: write the new keys/values, then attend over the whole buffer
-      kv = (kvc.write(kv[0], k, pos), kvc.write(kv[1], v, pos))
-      k, v = kv
+      rows = lambda t: t.reshape(batch * c.kv_heads, seq, c.head_dim)  # the cache's layout
+      kv = (kvc.write(kv[0], rows(k), pos), kvc.write(kv[1], rows(v), pos))
+      k, v = (t.reshape(batch, c.kv_heads, -1, c.head_dim) for t in kv)
     if c.attention_impl == 'einsum':
       y = attention(q, k, v, mask, nn.Dropout(c.dropout), deterministic)
     else:  # jax.nn.dot_product_attention; causal self-attention needs no mask (cuDNN skips masked tiles)
@@ -245,7 +266,7 @@ class CausalSelfAttention(nn.Module):
                                     implementation=c.attention_impl)
     y = y.reshape(batch * seq, -1)
     # Residual projections start smaller (GPT-2): the residual stream sums 2 * n_layer of them.
-    y = dense(c.n_embd, 0.02 / math.sqrt(2 * c.n_layer), 'c_proj')(y)
+    y = dense(c.n_embd, 0.02 / math.sqrt(2 * c.n_layer), ('heads', 'embed'), 'c_proj')(y)
     return nn.Dropout(c.dropout)(y, deterministic=deterministic), kv
 
 
@@ -257,15 +278,17 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x, *, deterministic=True):
     c = self.config
-    dense = lambda features, std, name: nn.Dense(
+    dense = lambda features, std, axes, name: nn.Dense(
         features, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
-        kernel_init=nn.initializers.normal(std), name=name)
-    h = dense(c.mlp_width, 0.02, 'c_fc')(x)  # [batch * seq, mlp_width]
+        kernel_init=_named(nn.initializers.normal(std), *axes),
+        bias_init=_named(nn.initializers.zeros, axes[1]), name=name)
+    h = dense(c.mlp_width, 0.02, ('embed', 'mlp'), 'c_fc')(x)  # [batch * seq, mlp_width]
     if c.mlp == 'swiglu':
-      h = nn.silu(dense(c.mlp_width, 0.02, 'c_gate')(x)) * h
+      h = nn.silu(dense(c.mlp_width, 0.02, ('embed', 'mlp'), 'c_gate')(x)) * h
     else:
       h = nn.gelu(h, approximate=True)
-    x = dense(c.n_embd, 0.02 / math.sqrt(2 * c.n_layer), 'c_proj')(h)
+    h = _split_as(h, 'batch', 'mlp')
+    x = dense(c.n_embd, 0.02 / math.sqrt(2 * c.n_layer), ('mlp', 'embed'), 'c_proj')(h)
     return nn.Dropout(c.dropout)(x, deterministic=deterministic)
 
 
@@ -298,22 +321,26 @@ class GPT(nn.Module):
 
   def setup(self):
     c = self.config
-    self.wte = nn.Embed(c.vocab_size, c.n_embd, embedding_init=nn.initializers.normal(0.02),
-                        dtype=c.dtype, param_dtype=c.param_dtype)  # E: [vocab, n_embd]
+    table = lambda rows, n_rows, name: nn.Embed(
+        n_rows, c.n_embd, embedding_init=_named(nn.initializers.normal(0.02), rows, 'embed'),
+        dtype=c.dtype, param_dtype=c.param_dtype, name=name)
+    self.wte = table('vocab', c.vocab_size, 'wte')  # E: [vocab, n_embd]
     if c.pos_encoding == 'learned':
-      self.wpe = nn.Embed(c.block_size, c.n_embd, embedding_init=nn.initializers.normal(0.02),
-                          dtype=c.dtype, param_dtype=c.param_dtype)  # P: [block_size, n_embd]
+      self.wpe = table('position', c.block_size, 'wpe')  # P: [block_size, n_embd]
     self.drop = nn.Dropout(c.dropout)
     self.h = [remat_block(c)(c, name=f'h_{i}') for i in range(c.n_layer)]
     self.ln_f = norm(c)
     if c.tie_embeddings:
       if c.bias and c.head_bias:
-        self.b_O = self.param('lm_head_bias', nn.initializers.zeros, (c.vocab_size,), c.param_dtype)
+        self.b_O = self.param('lm_head_bias', _named(nn.initializers.zeros, 'vocab'), (c.vocab_size,),
+                              c.param_dtype)
     else:
       # The head's matmul accumulates and returns float32 whatever c.dtype is: logits feed a softmax
       # over the whole vocabulary, where bfloat16's 8 bits of mantissa would round them by ~0.1.
       self.lm_head = nn.Dense(c.vocab_size, use_bias=c.bias and c.head_bias, dtype=c.dtype,
-                              param_dtype=c.param_dtype, kernel_init=nn.initializers.normal(0.02),
+                              param_dtype=c.param_dtype,
+                              kernel_init=_named(nn.initializers.normal(0.02), 'embed', 'vocab'),
+                              bias_init=_named(nn.initializers.zeros, 'vocab'),
                               dot_general=_float32_dot)  # W_O, b_O
 
   def embed(self, tokens, positions):
@@ -351,11 +378,12 @@ class GPT(nn.Module):
     # The residual stream is kept 2-D, [batch * seq, n_embd]: every Dense is then a plain matrix
     # product, for which XLA:CPU picks much faster layouts than for 3-D dot_generals (a train step
     # of nanoGPT's CPU recipe went from ~72 to ~56 ms here).
-    x = x.reshape(batch * seq, c.n_embd)
+    x = _split_as(x.reshape(batch * seq, c.n_embd), 'batch', None)
     new_k, new_v = [], []
     for i, block in enumerate(self.h):
       kv = None if cache is None else (cache.k[i], cache.v[i])
       x, kv = block(x, mask, kv, None if cache is None else cache.pos, positions, deterministic)
+      x = _split_as(x, 'batch', None)
       if cache is not None:
         new_k.append(kv[0])
         new_v.append(kv[1])
@@ -369,20 +397,31 @@ class GPT(nn.Module):
         logits = logits + self.b_O.astype(jnp.float32)
     else:
       logits = self.lm_head(x)  # h W_O + b_O
-    logits = logits.astype(jnp.float32).reshape(batch, seq, -1)
+    logits = _split_as(logits.astype(jnp.float32).reshape(batch, seq, -1), 'batch', None, 'vocab')
     if cache is None:
       return logits
     return logits, kvc.KVCache(k=tuple(new_k), v=tuple(new_v), pos=cache.pos + seq)
 
 
 def init_params(config: GPTConfig, rng: jax.Array) -> dict:
-  """Fresh parameters for `config` (a plain nested dict of arrays)."""
+  """Fresh parameters for `config` (a plain nested dict of arrays). Pure: jit it with out_shardings
+  to create them already sharded (see `gptjax.train.init_state`)."""
   tokens = jnp.zeros((1, min(config.block_size, 8)), jnp.int32)
-  return jax.jit(GPT(config).init)(rng, tokens)['params']
+  return jax.jit(lambda key: nn.unbox(GPT(config).init(key, tokens)['params']))(rng)
+
+
+def param_axes(config: GPTConfig) -> dict:
+  """The logical axis names of every parameter: the params' tree with a PartitionSpec of names
+  (e.g. P('embed', 'mlp')) at each leaf. Computed from shapes only; nothing is allocated."""
+  tokens = jax.ShapeDtypeStruct((1, min(config.block_size, 8)), jnp.int32)
+  boxed = jax.eval_shape(GPT(config).init, jax.random.PRNGKey(0), tokens)['params']
+  return nn.get_partition_spec(boxed)
 
 
 def count_params(params, exclude_positions: bool = True) -> int:
-  """Number of parameters (by default without the position table, as GPT-2/nanoGPT count them)."""
+  """Number of parameters (by default without the position table, as GPT-2/nanoGPT count them).
+  Takes plain arrays or `GPT.init`'s output as is (its logical-axis boxes are looked through)."""
+  params = nn.unbox(params)
   n = sum(x.size for x in jax.tree.leaves(params))
   if exclude_positions and 'wpe' in params:
     n -= params['wpe']['embedding'].size

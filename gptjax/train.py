@@ -1,14 +1,21 @@
 """Training: the state, the pure step functions, and the loop that drives them.
 
-    train_and_evaluate(config, workdir)
-      data  ──batch_at(seed, step)──▶ [steps, batch, seq + 1] ──shard──▶ p_train_steps (pmap, donated state)
-      state ──every eval_interval──▶ p_eval ──▶ val_loss
-            ──every checkpoint_interval, at the end, on SIGTERM/SIGINT──▶ orbax checkpoint
-      metrics ──▶ WORKDIR/metrics.jsonl, TensorBoard, progress bar
+    train_and_evaluate(config, workdir), in four phases:
+      set_up          check the config, devices and data; build the layout (pmap, or a data x fsdp x
+                      tensor mesh: parallel.py); make the state fresh or restore it from a checkpoint
+                      of any layout straight into this one. Nothing is written yet.
+      commit_workdir  write data/, config.json, tokenizer.json (process 0; all wait)
+      build_steps     train_steps / eval_step compiled for the layout, and the batch drawer:
+                        data ──batch_at(seed, step, this host's rows)──▶ [steps, batch, seq + 1]
+      train_loop      state ──train_steps (state donated)──▶ state, losses
+                      every eval_interval ──eval_step──▶ val_loss
+                      every checkpoint_interval, at the end, on SIGTERM/SIGINT to any process ──▶
+                      orbax checkpoint, written by all processes; metrics (process 0) ──▶
+                      WORKDIR/metrics.jsonl, TensorBoard, progress bar
 
 `train_step` is one optimizer update; `train_steps` scans it over several batches so one compiled
 call does `steps_per_call` updates (per-call dispatch is a large share of a small model's step on
-CPU). Both are pure: state in, state out.
+CPU). Both are pure: state in, state out; the same function runs under every layout.
 
 Run: python -m gptjax.train --config=configs/shakespeare_char.py --workdir=runs/shakespeare
 """
@@ -20,16 +27,19 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec
 from tqdm import tqdm
 
 from gptjax import checkpoint as ckpt_lib
@@ -39,7 +49,7 @@ from gptjax import metrics as metrics_lib
 from gptjax import accumulate, hardware, objectives, parallel, pretrained, provenance
 from gptjax import workdir as workdir_lib
 from gptjax.errors import GptjaxError, os_error
-from gptjax.model import EXECUTION_FIELDS, GPT, GPTConfig, count_params
+from gptjax.model import EXECUTION_FIELDS, GPT, GPTConfig, count_params, init_params, param_axes
 
 if TYPE_CHECKING:  # only in annotations: importing this module needs no ml_collections
   import ml_collections
@@ -70,18 +80,35 @@ def make_optimizer(tc: ml_collections.ConfigDict):
   return optax.chain(clip, adamw), schedule
 
 
-def init_state(model_config: GPTConfig, tx: optax.GradientTransformation, seed: int) -> TrainState:
-  """Fresh parameters and optimizer state, a pure function of (model_config, seed)."""
+def init_state(model_config: GPTConfig, tx: optax.GradientTransformation, seed: int,
+               shardings: TrainState | None = None, params: dict | None = None) -> TrainState:
+  """Fresh parameters and optimizer state, a pure function of (model_config, seed).
 
-  @jax.jit
-  def init(key):
-    params_rng, dropout_rng = jax.random.split(key)
-    tokens = jnp.zeros((1, min(model_config.block_size, 8)), jnp.int32)
-    params = GPT(model_config).init(params_rng, tokens)['params']
+  shardings (a TrainState of shardings, see `state_axes`) creates every leaf directly in its place,
+  e.g. split over an FSDP mesh, never whole on one device; the values do not depend on it.
+  params: start from these parameters instead (already placed by shardings.params, if given).
+  """
+
+  def init(params):
+    params_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+    if params is None:
+      params = init_params(model_config, params_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=dropout_rng)
 
-  return init(jax.random.PRNGKey(seed))
+  return jax.jit(init, out_shardings=shardings)(params)
+
+
+def state_axes(model_config: GPTConfig, tx: optax.GradientTransformation) -> TrainState:
+  """The logical axis names of every leaf of the train state, as PartitionSpecs of names: each
+  parameter's from the model (`param_axes`), each optimizer moment the same as its parameter's,
+  counters and the dropout key none. `parallel.Layout.state_shardings` maps them to devices."""
+  params = param_axes(model_config)
+  opt_state = jax.eval_shape(lambda: tx.init(init_params(model_config, jax.random.PRNGKey(0))))
+  is_spec = lambda x: isinstance(x, PartitionSpec)
+  opt_axes = optax.tree_map_params(tx, lambda _, names: names, opt_state, params,
+                                   transform_non_params=lambda _: PartitionSpec(), is_leaf=is_spec)
+  return TrainState(step=PartitionSpec(), params=params, opt_state=opt_axes, rng=PartitionSpec())
 
 
 def train_step(state: TrainState, tokens: jax.Array, *, model: GPT, tx, skip_nonfinite: bool = False,
@@ -149,39 +176,49 @@ def eval_step(params, tokens: jax.Array, *, model: GPT, objective: objectives.Ob
 # The workdir: data, tokenizer and config that a run keeps beside its checkpoints
 
 
-def load_data(config: ml_collections.ConfigDict, workdir: str):
-  """(tokenizer, train ids, val ids, write) for config.data; `write()` stores the prepared files in
-  WORKDIR/data, deferred so that a run refused later leaves the workdir as it was."""
+class Corpus(NamedTuple):
+  tokenizer: Any
+  train: np.ndarray  # token ids (read-only memmaps)
+  val: np.ndarray
+  staged: str | None  # a fresh preparation outside the workdir, for commit_workdir to move in; None:
+  #                     WORKDIR/data already holds this corpus
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Corpus:
+  """config.data's corpus, prepared by `data.prepare`: read from WORKDIR/data when that holds this
+  text prepared the same way, else prepared into a temporary directory that `commit_workdir` moves
+  into the workdir, so that a run refused later leaves the workdir as it was."""
   d = config.data
   if d.path:
     raw, source = data_lib.read_corpus(d.path, d.url), os.path.abspath(d.path)
   else:
     raw, source = data_lib.stdlib_corpus(d.max_bytes), f'python-stdlib-{sys.version.split()[0]}'
-  if not raw:
-    raise GptjaxError(f'data file {d.path} is empty; give a text file with some content')
-  digest = hashlib.sha256(raw).hexdigest()
   data_dir = os.path.join(workdir, 'data')
   spec = data_lib.tokenizer_spec(d.tokenizer, bpe_vocab_size=d.bpe_vocab_size, tokenizer_path=d.tokenizer_path)
-  meta = data_lib.find_prepared(data_dir, digest, spec, d.val_fraction)
-  if meta is not None:
-    tokenizer = data_lib.tokenizer_from_dict(meta['tokenizer'])
+  staged = None
+  if data_lib.find_prepared(data_dir, hashlib.sha256(raw).hexdigest(), spec, d.val_fraction) is None:
+    staged = data_dir = tempfile.mkdtemp(prefix='gptjax-data-')
+  try:
+    meta = data_lib.prepare(raw, data_dir, spec, d.val_fraction, source)
     splits = {s: data_lib.load_split(data_dir, s) for s in ('train', 'val')}
-    write = lambda: None
-  else:
-    tokenizer, ids = data_lib.encode_corpus(raw, spec, source, train_fraction=1 - d.val_fraction)
-    n_val = int(round(len(ids) * d.val_fraction))
-    splits = {'train': ids[:len(ids) - n_val], 'val': ids[len(ids) - n_val:]}
-    write = lambda: data_lib.write_prepared(data_dir, tokenizer, ids, val_fraction=d.val_fraction,
-                                            source=source, digest=digest, spec=spec)
-  need = config.train.seq_len + 1
-  for name, split in splits.items():
-    if len(split) < need:
-      raise GptjaxError(f'the {name} split of {source} has {len(split)} tokens, fewer than '
-                        f'train.seq_len + 1 = {need}; use more text, a smaller --config.train.seq_len '
-                        'or a different --config.data.val_fraction')
+    need = config.train.seq_len + 1
+    for name, split in splits.items():
+      if len(split) < need:
+        raise GptjaxError(f'the {name} split of {source} has {len(split)} tokens, fewer than '
+                          f'train.seq_len + 1 = {need}; use more text, a smaller --config.train.seq_len '
+                          'or a different --config.data.val_fraction')
+  except BaseException:
+    _discard(staged)
+    raise
+  tokenizer = data_lib.tokenizer_from_dict(meta['tokenizer'])
   if config.train.objective == 'mlm':  # the run's tokenizer has a [MASK] token; the data files never hold it
-    return data_lib.with_mask_token(tokenizer), splits['train'], splits['val'], write
-  return tokenizer, splits['train'], splits['val'], write
+    tokenizer = data_lib.with_mask_token(tokenizer)
+  return Corpus(tokenizer, splits['train'], splits['val'], staged)
+
+
+def _discard(staged: str | None) -> None:
+  if staged and os.path.isdir(staged):
+    shutil.rmtree(staged)  # open memmaps of its files stay readable
 
 
 def check_resumable(workdir: str, model_config: GPTConfig, tokenizer) -> None:
@@ -213,7 +250,165 @@ def save_run_files(workdir: str, config: ml_collections.ConfigDict, model_config
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop
+# The run, in phases: set up (and restore), commit the workdir, build the step, loop
+
+
+class Setup(NamedTuple):
+  """What `set_up` checked and built. Nothing of it is in the workdir yet."""
+  config: ml_collections.ConfigDict  # resolved (defaults filled in)
+  model_config: GPTConfig
+  corpus: Corpus
+  layout: Any  # parallel.PmapLayout or parallel.MeshLayout: where the state and batches live
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  shardings: TrainState  # where each leaf of the state (as global arrays) lives
+  state: TrainState  # fresh or restored, placed by `shardings`
+  start: int | None  # the checkpoint step resumed from; None: from scratch
+  newer: list  # checkpoint steps after `start`, to set aside
+  window: 'LogWindow'  # the train losses not logged yet at `start` (from its checkpoint)
+
+
+def set_up(config: ml_collections.ConfigDict, workdir: str, restore_step: int | None = None) -> Setup:
+  """Checks the config against the devices and the data, builds the layout, and makes the state:
+  fresh, or restored from a checkpoint of any layout straight into this one's shardings (one
+  read-only `Checkpointer` lists and restores). Writes nothing to the workdir (a refused run leaves
+  it as it was)."""
+  devices = parallel.run_devices(config.train.devices)
+  config_lib.validate(config, len(devices))
+  config = config_lib.resolve(config)
+  corpus = prepare_data(config, workdir)
+  try:
+    tc = config.train
+    model_config = (pretrained.model_config(tc.init_from, config, corpus.tokenizer) if tc.init_from
+                    else config_lib.model_config(config, corpus.tokenizer.vocab_size))
+    check_resumable(workdir, model_config, corpus.tokenizer)
+    layout = parallel.make_layout(config.parallel, devices)
+    tx, schedule = make_optimizer(config.train)
+    axes = state_axes(model_config, tx)
+    abstract = jax.eval_shape(lambda: init_state(model_config, tx, config.seed))
+    if layout.strategy == 'mesh':
+      parallel.check_model_fits(model_config, axes.params, abstract.params, layout.mesh)
+    shardings = layout.state_shardings(axes)
+
+    ckpt_dir = os.path.join(workdir, 'checkpoints')
+    steps, start, window = [], None, LogWindow()
+    if os.path.isdir(ckpt_dir):
+      with ckpt_lib.Checkpointer(ckpt_dir, create=False) as reader:
+        steps = reader.steps()
+        if restore_step is not None and restore_step not in steps:
+          raise GptjaxError(f'no checkpoint at step {restore_step} in {ckpt_dir}; there are {steps}')
+        start = restore_step if restore_step is not None else (steps[-1] if steps else None)
+        if start is not None:
+          state = _restore(reader, start, parallel.placed(abstract, shardings),
+                           older=[s for s in steps if s < start], workdir=workdir)
+          window = LogWindow.from_dict(reader.metadata(start).get('log_window'))
+    if start is None and tc.init_from:  # parameters only: the optimizer and the step start fresh
+      state = _init_from(tc.init_from, model_config, tx, config.seed, shardings)
+    elif start is None:
+      state = init_state(model_config, tx, config.seed, shardings)
+  except BaseException:
+    _discard(corpus.staged)
+    raise
+  return Setup(config, model_config, corpus, layout, tx, schedule, shardings, state, start,
+               [s for s in steps if start is not None and s > start], window)
+
+
+def _init_from(path: str, model_config: GPTConfig, tx, seed: int, shardings: TrainState) -> TrainState:
+  """A fresh state whose parameters are those of `path` (`pretrained.load_params`), each array put
+  straight into its shards (every process reads the file and keeps its own shards)."""
+  loaded = pretrained.load_params(path, model_config)  # numpy, on the host
+  params = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
+                        loaded, shardings.params)
+  return init_state(model_config, tx, seed, shardings, params=params)
+
+
+def _restore(checkpointer, step: int, target: TrainState, older: list, workdir: str) -> TrainState:
+  try:
+    return checkpointer.restore(step, target)
+  except GptjaxError as e:
+    if 'do not match' in str(e) or 'mismatch' in str(e):
+      hint = ('; its training state does not have the structure this config gives: resume with the '
+              f'settings in {os.path.join(workdir, "config.json")}, or pass a new --workdir')
+    elif older:
+      hint = f'; pass --restore_step={older[-1]} to resume from the previous checkpoint'
+    else:
+      hint = '; no older checkpoint exists: pass a new --workdir to start fresh'
+    raise GptjaxError(str(e) + hint) from None
+
+
+def commit_workdir(setup: Setup, workdir: str) -> ckpt_lib.Checkpointer:
+  """Writes what the checks passed: data/, config.json, tokenizer.json, provenance.jsonl; moves the
+  checkpoints after the one resumed from to checkpoints.set_aside/ (process 0 writes; all wait).
+  Returns the run's checkpoint writer (all processes write checkpoints together); close it."""
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if jax.process_index() == 0:
+    try:
+      os.makedirs(workdir, exist_ok=True)  # (the lock has made it already, on process 0)
+      if setup.corpus.staged:
+        _move_data_in(setup.corpus.staged, os.path.join(workdir, 'data'))
+      save_run_files(workdir, setup.config, setup.model_config, setup.corpus.tokenizer)
+      if int(setup.state.step) < setup.config.train.max_steps:  # the code and machine of this start
+        provenance.append(workdir, start_step=int(setup.state.step))
+      if setup.newer:
+        aside = os.path.join(workdir, 'checkpoints.set_aside')
+        os.makedirs(aside, exist_ok=True)
+        for s in setup.newer:
+          os.replace(os.path.join(ckpt_dir, str(s)), os.path.join(aside, f'{s}-{int(time.time())}'))
+    except OSError as e:
+      raise os_error(e, f'cannot write {e.filename or workdir}') from None
+  else:
+    _discard(setup.corpus.staged)  # process 0's copy is the one kept
+  parallel.sync('gptjax:workdir-committed')
+  try:
+    return ckpt_lib.Checkpointer(ckpt_dir, setup.config.train.keep_checkpoints)
+  except OSError as e:
+    raise os_error(e, f'cannot write {e.filename or ckpt_dir}') from None
+
+
+def _move_data_in(staged: str, data_dir: str) -> None:
+  """Moves the files of a fresh preparation into data_dir, replacing another corpus's files there.
+  meta.json goes first out and last in: a move cut short leaves a data_dir no run takes as prepared.
+  data_dir itself stays (it may be a mount point)."""
+  os.makedirs(data_dir, exist_ok=True)
+  new = sorted(os.listdir(staged), key=lambda name: name == 'meta.json')
+  for name in ['meta.json'] + [n for n in os.listdir(data_dir) if n not in new and n != 'meta.json']:
+    path = os.path.join(data_dir, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    elif os.path.lexists(path):
+      os.remove(path)
+  for name in new:
+    shutil.move(os.path.join(staged, name), os.path.join(data_dir, name))
+  os.rmdir(staged)
+
+
+class Steps(NamedTuple):
+  """The compiled calls of a run, for its layout."""
+  train: Callable  # (state, tokens) -> (state, metrics [steps]): train_steps, state donated
+  evaluate: Callable  # (params, tokens) -> (summed NLL, target count, correct predictions)
+  batches: Callable  # (ids, first step, n steps, stream) -> this process's rows, placed for the call
+  objective: objectives.Objective  # what train and evaluate score (next-token or masked-LM)
+
+
+def build_steps(setup: Setup) -> Steps:
+  """`train_steps` and `eval_step` compiled for the layout (pmap, or jit over the mesh), and the
+  function that draws each call's batches: this process's rows only, placed on its devices."""
+  layout, tc = setup.layout, setup.config.train
+  model = GPT(setup.model_config)
+  objective = objectives.for_run(tc, setup.corpus.tokenizer)
+  step_fn = functools.partial(train_steps, model=model, tx=setup.tx, skip_nonfinite=tc.nan_policy == 'skip',
+                              objective=objective, axis_name=layout.axis_name, grad_accum_steps=tc.grad_accum_steps)
+  eval_fn = functools.partial(eval_step, model=model, objective=objective, axis_name=layout.axis_name)
+  rows = layout.host_rows(tc.batch_size)
+
+  def batches(ids, first_step: int, n_steps: int, stream: int):
+    local = np.stack([data_lib.batch_at(ids, seed=setup.config.seed, step=s, batch_size=tc.batch_size,
+                                        seq_len=tc.seq_len, stream=stream, rows=rows)
+                      for s in range(first_step, first_step + n_steps)])  # [n_steps, rows, seq + 1]
+    return layout.put_batch(local, tc.batch_size)
+
+  return Steps(layout.compile_train(step_fn, setup.shardings),
+               layout.compile_eval(eval_fn, setup.shardings.params), batches, objective)
 
 
 class _StopRequest:
@@ -280,125 +475,45 @@ def _next_boundary(step: int, tc: ml_collections.ConfigDict) -> int:
   return min([tc.max_steps] + [(step // n + 1) * n for n in intervals])
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, restore_step: int | None = None,
-                       progress: bool = True) -> dict:
-  """Trains config in workdir, resuming from its latest checkpoint; returns the last metrics.
-
-  restore_step picks an older checkpoint to resume from (e.g. when the latest one is damaged); the
-  checkpoints after it are moved to WORKDIR/checkpoints.set_aside/, not deleted. The run holds the
-  workdir's lock throughout (gptjax/workdir.py): a second run on the same workdir is refused before
-  it reads or writes anything there.
-  """
-  parallel.initialize()
-  with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir, restore_step=restore_step, progress=progress)
-
-
-def _train_and_evaluate(config, workdir, *, restore_step, progress) -> dict:
-  devices = parallel.local_devices(config.train.devices)
-  n_dev, n_proc, proc = len(devices), jax.process_count(), jax.process_index()
-  config_lib.validate(config, n_dev * n_proc)
-  config = config_lib.resolve(config)
-  tc = config.train
-
-  tokenizer, train_ids, val_ids, write_data = load_data(config, workdir)
-  model_config = (pretrained.model_config(tc.init_from, config, tokenizer) if tc.init_from
-                  else config_lib.model_config(config, tokenizer.vocab_size))
-  checkpointer_dir = os.path.join(workdir, 'checkpoints')
-  check_resumable(workdir, model_config, tokenizer)
-
-  model = GPT(model_config)
-  tx, schedule = make_optimizer(tc)
-  state = init_state(model_config, tx, config.seed)
-  start, newer, window = None, [], LogWindow()
-  if os.path.isdir(checkpointer_dir):
-    with ckpt_lib.Checkpointer(checkpointer_dir, create=False) as reader:
-      steps = reader.steps()
-      if restore_step is not None and restore_step not in steps:
-        raise GptjaxError(f'no checkpoint at step {restore_step} in {checkpointer_dir}; there are {steps}')
-      start = restore_step if restore_step is not None else (steps[-1] if steps else None)
-      if start is not None:
-        try:
-          state = reader.restore(start, state)
-          window = LogWindow.from_dict(reader.metadata(start).get('log_window'))
-        except GptjaxError as e:
-          older = [s for s in steps if s < start]
-          if 'do not match' in str(e) or 'mismatch' in str(e):
-            hint = ('; its training state does not have the structure this config gives: resume with the '
-                    f'settings in {os.path.join(workdir, "config.json")}, or pass a new --workdir')
-          elif older:
-            hint = f'; pass --restore_step={older[-1]} to resume from the previous checkpoint'
-          else:
-            hint = '; no older checkpoint exists: pass a new --workdir to start fresh'
-          raise GptjaxError(str(e) + hint) from None
-        newer = [s for s in steps if s > start]
-  if start is None and tc.init_from:  # parameters only: the optimizer and the step start fresh
-    params = pretrained.load_params(tc.init_from, model_config)
-    state = state.replace(params=params, opt_state=tx.init(params))
-  # Everything is checked: from here on the run writes to its workdir (the lock made it exist).
-  try:
-    write_data()
-    save_run_files(workdir, config, model_config, tokenizer)
-    if proc == 0 and int(state.step) < tc.max_steps:  # the code and machine of this start (provenance.jsonl)
-      provenance.append(workdir, start_step=int(state.step))
-    if newer:  # resuming from an older step: keep the later checkpoints, out of the way
-      aside = os.path.join(workdir, 'checkpoints.set_aside')
-      os.makedirs(aside, exist_ok=True)
-      for s in newer:
-        os.replace(os.path.join(checkpointer_dir, str(s)), os.path.join(aside, f'{s}-{int(time.time())}'))
-  except OSError as e:
-    raise os_error(e, f'cannot write {e.filename or workdir}') from None
-
-  step = int(state.step)
-  log = tqdm.write if progress else (lambda s: print(s, flush=True))
-  n_params = count_params(state.params)
-  log(f'{n_params / 1e6:.2f}M parameters, vocab {model_config.vocab_size} ({tokenizer.kind}), '
-      f'{len(train_ids):,} train / {len(val_ids):,} val tokens, {n_dev} device(s) x {n_proc} host(s); '
-      + (f'resuming from step {step}' if start is not None else
+def train_loop(setup: Setup, steps: Steps, checkpointer: ckpt_lib.Checkpointer, workdir: str,
+               progress: bool = True) -> dict:
+  """Runs the compiled steps from the set-up state to train.max_steps: logs, evaluates and
+  checkpoints on the intervals, and at a signal to any process checkpoints and raises Preempted
+  on all of them at the same step. Returns the last metrics."""
+  config, layout = setup.config, setup.layout
+  tc, corpus = config.train, setup.corpus
+  lead = jax.process_index() == 0  # the one process that logs and writes metrics
+  step = int(setup.state.step)
+  quiet = lambda s: None
+  log = (tqdm.write if progress else (lambda s: print(s, flush=True))) if lead else quiet
+  log(f'{count_params(setup.state.params) / 1e6:.2f}M parameters, vocab {setup.model_config.vocab_size} '
+      f'({corpus.tokenizer.kind}), {len(corpus.train):,} train / {len(corpus.val):,} val tokens, '
+      f'{_describe(layout)}; '
+      + (f'resuming from step {step}' if setup.start is not None else
          f'starting from the parameters of {tc.init_from}' if tc.init_from else 'starting from scratch'))
-
-  objective = objectives.for_run(tc, tokenizer)
-  step_fn = functools.partial(train_steps, model=model, tx=tx, skip_nonfinite=tc.nan_policy == 'skip',
-                              objective=objective, grad_accum_steps=tc.grad_accum_steps)
-  p_train = jax.pmap(step_fn, axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,))
-  p_eval = jax.pmap(functools.partial(eval_step, model=model, objective=objective), axis_name=parallel.AXIS,
-                    devices=devices)
-  p_state = parallel.replicate(state, devices)
-  del state
-
-  def host_batch(ids, first_step, n_steps, stream):
-    """This host's rows of global batches first_step .. first_step + n_steps - 1, device-sharded."""
-    glob = np.stack([data_lib.batch_at(ids, seed=config.seed, step=s, batch_size=tc.batch_size,
-                                       seq_len=tc.seq_len, stream=stream)
-                     for s in range(first_step, first_step + n_steps)])
-    return parallel.shard(data_lib.host_rows(glob, proc, n_proc), n_dev, axis=1)
-
-  eval_batches = host_batch(val_ids, 0, tc.eval_iters, data_lib.EVAL_STREAM) if tc.eval_iters else None
+  state = layout.to_device(setup.state)
+  eval_batches = steps.batches(corpus.val, 0, tc.eval_iters, data_lib.EVAL_STREAM) if tc.eval_iters else None
+  window = setup.window
 
   def evaluate():
     """{'val_loss'} (mean NLL of the scored targets), and under mlm 'val_accuracy' (argmax = target)."""
-    total, count, correct = (float(x[0]) for x in p_eval(p_state.params, eval_batches))
+    total, count, correct = (float(layout.read(x)) for x in steps.evaluate(state.params, eval_batches))
     result = {'val_loss': total / max(count, 1.0)}
-    if objective.kind == 'mlm':
+    if steps.objective.kind == 'mlm':
       result['val_accuracy'] = correct / max(count, 1.0)
     return result
 
   def save(at_step):
     if at_step not in checkpointer.steps():  # with the log window, so a resume logs what this run would
-      checkpointer.save(at_step, jax.device_get(parallel.unreplicate(p_state)),
-                        metadata={'log_window': window.to_dict()})
+      checkpointer.save(at_step, layout.to_global(state), metadata={'log_window': window.to_dict()})
 
   tokens_per_step = tc.batch_size * tc.seq_len
-  peak_flops = hardware.total_peak_flops(devices * n_proc, model_config.dtype)  # None: unknown (CPU)
+  peak_flops = hardware.total_peak_flops(layout.devices, setup.model_config.dtype)  # None: unknown (CPU)
   window_time, window_steps = 0.0, 0
   compiled_lengths = set()
-  writer = checkpointer = bar = None
+  writer = bar = None
   try:
-    writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if proc == 0 else None
-    try:
-      checkpointer = ckpt_lib.Checkpointer(checkpointer_dir, tc.keep_checkpoints)
-    except OSError as e:
-      raise os_error(e, f'cannot write {e.filename or checkpointer_dir}') from None
+    writer = metrics_lib.MetricsWriter(workdir, resume_step=setup.start) if lead else None
     last = {}
     if step == 0 and tc.eval_iters:
       last = evaluate()
@@ -409,14 +524,15 @@ def _train_and_evaluate(config, workdir, *, restore_step, progress) -> dict:
     if step >= tc.max_steps:
       log(f'{workdir} is already trained to step {step} (train.max_steps={tc.max_steps})')
 
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not progress, unit='step', dynamic_ncols=True)
+    bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and lead), unit='step',
+               dynamic_ncols=True)
     with _StopRequest() as stop:
       while step < tc.max_steps:
         end = _next_boundary(step, tc)
         t0 = time.perf_counter()
-        batch = host_batch(train_ids, step, end - step, data_lib.TRAIN_STREAM)
-        p_state, metrics = p_train(p_state, batch)
-        losses = np.asarray(metrics['loss'][0])  # [steps]; waits for the call
+        batch = steps.batches(corpus.train, step, end - step, data_lib.TRAIN_STREAM)
+        state, metrics = steps.train(state, batch)
+        losses = layout.read(metrics['loss'])  # [steps]; waits for the call
         elapsed = time.perf_counter() - t0
         if end - step in compiled_lengths:  # the first call of a shape includes compilation
           window_time += elapsed
@@ -438,10 +554,10 @@ def _train_and_evaluate(config, workdir, *, restore_step, progress) -> dict:
         record = {}
         if step % tc.log_interval == 0 or step == tc.max_steps:
           record['train_loss'] = window.mean()
-          record['lr'] = float(schedule(step - 1))
+          record['lr'] = float(setup.schedule(step - 1))
           if window_time > 0:
             record.update(metrics_lib.throughput(window_steps * tokens_per_step, window_time, window_steps,
-                                                 model_config, tc.seq_len, peak_flops))
+                                                 setup.model_config, tc.seq_len, peak_flops))
           window, window_time, window_steps = LogWindow(), 0.0, 0
         if tc.eval_iters and (step % tc.eval_interval == 0 or step == tc.max_steps):
           record.update(evaluate())
@@ -454,21 +570,47 @@ def _train_and_evaluate(config, workdir, *, restore_step, progress) -> dict:
             log(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in record.items() if v is not None))
         if step % tc.checkpoint_interval == 0 or step == tc.max_steps:
           save(step)
-        if stop.signal is not None and step < tc.max_steps:
+        # Every process stops at the same step, whichever of them got the signal.
+        signum = parallel.max_over_processes(stop.signal or 0)
+        if signum and step < tc.max_steps:
           save(step)
           checkpointer.wait()
-          raise Preempted(f'stopped by signal {stop.signal} at step {step}; checkpoint saved in '
-                          f'{checkpointer_dir}; run the same command again to resume', stop.signal)
+          raise Preempted(f'stopped by signal {signum} at step {step}; checkpoint saved in '
+                          f'{checkpointer.directory}; run the same command again to resume', signum)
   finally:
-    failing = sys.exc_info()[0] is not None  # then that error is the one to report, not a later one
     if bar is not None:
       bar.close()
-    if checkpointer is not None:
-      checkpointer.close(quiet=failing)
     if writer:
       writer.close()
   last['step'] = step
   return last
+
+
+def _describe(layout) -> str:
+  n_proc = jax.process_count()
+  where = f'{len(layout.devices)} device(s)' + (f' on {n_proc} hosts' if n_proc > 1 else '')
+  if layout.strategy == 'pmap':
+    return f'{where}, pmap'
+  return f'{where}, mesh ' + ' x '.join(f'{a} {n}' for a, n in layout.mesh.shape.items())
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, restore_step: int | None = None,
+                       progress: bool = True) -> dict:
+  """Trains config in workdir, resuming from its latest checkpoint; returns the last metrics.
+
+  restore_step picks an older checkpoint to resume from (e.g. when the latest one is damaged); the
+  checkpoints after it are moved to WORKDIR/checkpoints.set_aside/, not deleted. The run holds the
+  workdir's lock throughout (gptjax/workdir.py; process 0 of a multi-host run): a second run on the
+  same workdir is refused before it reads or writes anything there.
+  """
+  parallel.initialize()
+  with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
+    setup = set_up(config, workdir, restore_step)
+    try:
+      with commit_workdir(setup, workdir) as checkpointer:  # closing waits for the saves in flight
+        return train_loop(setup, build_steps(setup), checkpointer, workdir, progress)
+    finally:
+      _discard(setup.corpus.staged)
 
 
 def main():
@@ -501,7 +643,8 @@ def main():
       print(str(e), file=sys.stderr)
       sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"
     shown = ', '.join(f'{k} {v:.4g}' for k, v in result.items() if k != 'step' and v is not None)
-    print(f'done: step {result["step"]}' + (f', {shown}' if shown else '') + f'; workdir {workdir}')
+    if jax.process_index() == 0:
+      print(f'done: step {result["step"]}' + (f', {shown}' if shown else '') + f'; workdir {workdir}')
 
   cli.run(run)
 

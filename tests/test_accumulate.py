@@ -3,13 +3,14 @@ the mesh; the FLOPs count behind MFU matches a hand count; MFU is null where the
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import ml_collections
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from conftest import TINY, tiny_run_config
 from gptjax import accumulate, hardware, metrics, objectives, parallel
@@ -77,22 +78,24 @@ def test_four_micro_batches_equal_the_whole_batch_for_a_masked_lm_under_pmap():
   assert_same_step(pmap_run(2, 4, tx, config=LLAMA_MLM, objective=MLM), whole, LLAMA_MLM)
 
 
-def mesh_run(n_devices, accum, tx, batches=BATCHES):
-  """The step as the mesh strategy runs it: one jit over a 'data' mesh axis, rows split over
-  devices (each holds a contiguous block), the state replicated, no axis_name (GSPMD reduces)."""
-  mesh = Mesh(np.asarray(jax.devices()[:n_devices]), ('data',))
-  replicated, rows = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(None, 'data'))
-  step = jax.jit(functools.partial(T.train_steps, model=GPT(TINY), tx=tx, grad_accum_steps=accum, axis_name=None),
-                 in_shardings=(replicated, rows), out_shardings=(replicated, replicated))
-  state, out = step(jax.device_put(T.init_state(TINY, tx, seed=0), replicated), jax.device_put(batches, rows))
-  return jax.device_get(state), np.asarray(out['loss']), np.asarray(out['grad_norm'])
+def mesh_run(shape, accum, tx, config=TINY, batches=BATCHES):
+  """The step as parallel.strategy='mesh' runs it (gptjax.parallel.MeshLayout): jit over a (data,
+  fsdp, tensor) mesh, parameters and moments sharded by the layout's rules, rows over data x fsdp."""
+  pc = ml_collections.ConfigDict({'strategy': 'mesh', 'data': shape[0], 'fsdp': shape[1], 'tensor': shape[2]})
+  layout = parallel.make_layout(pc, jax.devices()[:math.prod(shape)])
+  shardings = layout.state_shardings(T.state_axes(config, tx))
+  step = layout.compile_train(functools.partial(T.train_steps, model=GPT(config), tx=tx, axis_name=None,
+                                                grad_accum_steps=accum), shardings)
+  state, out = step(T.init_state(config, tx, 0, shardings), layout.put_batch(batches, batches.shape[1]))
+  return jax.device_get(state), layout.read(out['loss']), layout.read(out['grad_norm'])
 
 
-def test_four_micro_batches_equal_the_whole_batch_under_a_mesh():
+def test_four_micro_batches_with_remat_under_fsdp_and_tensor_parallelism_equal_the_whole_batch():
+  """Accumulation and remat inside the mesh step: FSDP over 2 devices x tensor parallelism over 2,
+  each step's gradient summed over 4 micro-batches of rematerialized blocks == pmap's whole batch."""
   tx = optax.sgd(0.5)
-  whole = mesh_run(4, 1, tx)
-  assert_same_step(mesh_run(4, 4, tx), whole)
-  assert_same_step(whole, pmap_run(2, 1, tx))  # and the mesh's step is pmap's
+  remat = dataclasses.replace(TINY, remat='full')
+  assert_same_step(mesh_run((1, 2, 2), 4, tx, remat), pmap_run(2, 1, tx))
 
 
 def test_flops_per_token_matches_a_hand_count():

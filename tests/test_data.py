@@ -102,10 +102,12 @@ def test_batch_windows_reach_the_last_token():
   assert batch.max() == 11 and batch.min() == 0  # both possible windows occur
 
 
-def test_host_rows_partition_the_global_batch():
-  batch = np.arange(3 * 8 * 5).reshape(3, 8, 5)  # [steps, batch, seq]
-  parts = [D.host_rows(batch, i, 4) for i in range(4)]
-  np.testing.assert_array_equal(np.concatenate(parts, axis=1), batch)
+def test_host_rows_are_the_rows_of_the_global_batch():
+  tokens = np.arange(10_000, dtype=np.uint16)
+  whole = D.batch_at(tokens, seed=5, step=2, batch_size=8, seq_len=6)
+  parts = [D.batch_at(tokens, seed=5, step=2, batch_size=8, seq_len=6, rows=slice(2 * i, 2 * i + 2))
+           for i in range(4)]
+  np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
 def test_stdlib_corpus_is_python_source():

@@ -117,8 +117,7 @@ def test_rope_model_has_no_position_table_and_sees_order():
 
 
 def test_each_option_builds_the_documented_parameters():
-  shapes = lambda **kw: jax.eval_shape(
-      M.GPT(dataclasses.replace(BASE, **kw)).init, jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']
+  shapes = lambda **kw: jax.eval_shape(lambda: M.init_params(dataclasses.replace(BASE, **kw), jax.random.PRNGKey(0)))
   assert set(shapes(norm='rmsnorm')['h_0']['ln_1']) == {'scale'}  # RMSNorm: a gain, no bias
   mlp = shapes(mlp='swiglu')['h_0']['mlp']
   assert {k: v['kernel'].shape for k, v in mlp.items()} == {'c_fc': (32, 88), 'c_gate': (32, 88), 'c_proj': (88, 32)}

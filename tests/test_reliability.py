@@ -252,13 +252,15 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_a_killed_holder_leaves_no
 
 
 def test_disk_full_while_writing_a_checkpoint_keeps_the_last_one(tmp_path, reference):
-  """A tmpfs with 100 KiB free: the run resumed from step 20 fails writing step 30 (~0.5 MB)."""
+  """A tmpfs with 100 KiB free: the run resumed from step 20 fails writing step 30 (~0.6 MB). Freed, the
+  5 MiB tmpfs holds the data (0.4 MB) and all six checkpoints: each ~0.6 MB, orbax's sharding metadata
+  of global arrays (_sharding, array_metadatas: ~35 KB) included, so 4 MiB would not."""
   workdir = str(tmp_path / 'run')
   run_train(workdir, '--config.train.max_steps=20', '--config.train.decay_steps=60')
   before = {k: v for k, v in tree_digest(workdir).items() if k.startswith('checkpoints')}
   out = str(tmp_path / 'out')
   proc = in_mount_namespace(f"""
-    M={tmp_path}/mnt; mkdir $M; mount -t tmpfs -o size=4m tmpfs $M; cp -a {workdir} $M/run
+    M={tmp_path}/mnt; mkdir $M; mount -t tmpfs -o size=5m tmpfs $M; cp -a {workdir} $M/run
     dd if=/dev/zero of=$M/reserve bs=1k count=100 status=none
     dd if=/dev/zero of=$M/filler bs=4k status=none 2>/dev/null || true
     rm $M/reserve

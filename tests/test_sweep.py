@@ -140,7 +140,7 @@ BAD_POINTS = {
     'unknown field': ("{'model.n_layr': 3}", r"point 2 \(n_layr=3\): unknown config field 'model.n_layr' "
                                             r"\(did you mean 'model.n_layer'\?\)"),
     'unknown section': ("{'optim.lr': 3}", r"point 2 \(lr=3\): unknown config field 'optim.lr'; the config has "
-                                          r'data, model, seed, train'),
+                                          r'data, model, parallel, seed, train'),
     'wrong type': ("{'model.n_layer': 2.5}", r'point 2 \(n_layer=2.5\): model.n_layer=2.5 is a float, but the '
                                              r'field is a int \(now 2\)'),
     'bool for a number': ("{'train.learning_rate': True}", r'train.learning_rate=True is a bool, but the field '

@@ -114,7 +114,7 @@ def train(train_ids: np.ndarray, val_ids: np.ndarray, vocab_size: int, *, max_it
   for it in range(max_iters + 1):
     for group in opt.param_groups:
       group['lr'] = lr_at(it, decay_iters=max_iters)
-    if it % eval_interval == 0:
+    if it % eval_interval == 0 or it == max_iters:
       val_loss = estimate(val_ids)
       log(f'torch step {it}: val loss {val_loss:.4f}')
     if it == max_iters:

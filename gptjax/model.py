@@ -44,6 +44,7 @@ import jax.numpy as jnp
 
 from gptjax import attention as attention_lib
 from gptjax import kv_cache as kvc
+from gptjax.matmul import dense_dot_general
 
 # Rematerialization (activation checkpointing) of each block: which of its intermediate values the
 # backward pass keeps; the rest it recomputes from the block's input. 'full' keeps none (memory of
@@ -241,7 +242,7 @@ class CausalSelfAttention(nn.Module):
     dense = lambda features, std, axes, name: nn.Dense(
         features, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
         kernel_init=_named(nn.initializers.normal(std), *axes),
-        bias_init=_named(nn.initializers.zeros, axes[1]), name=name)
+        bias_init=_named(nn.initializers.zeros, axes[1]), dot_general=dense_dot_general, name=name)
     # [q | k | v] heads side by side: 'qkv' is the fused (n_head + 2 * n_kv_head) * head_dim axis.
     qkv = dense((c.n_head + 2 * c.kv_heads) * c.head_dim, 0.02, ('embed', 'qkv'), 'c_attn')(x)
     q, k, v = jnp.split(qkv, [c.n_head * c.head_dim, (c.n_head + c.kv_heads) * c.head_dim], axis=-1)
@@ -281,7 +282,7 @@ class MLP(nn.Module):
     dense = lambda features, std, axes, name: nn.Dense(
         features, use_bias=c.bias, dtype=c.dtype, param_dtype=c.param_dtype,
         kernel_init=_named(nn.initializers.normal(std), *axes),
-        bias_init=_named(nn.initializers.zeros, axes[1]), name=name)
+        bias_init=_named(nn.initializers.zeros, axes[1]), dot_general=dense_dot_general, name=name)
     h = dense(c.mlp_width, 0.02, ('embed', 'mlp'), 'c_fc')(x)  # [batch * seq, mlp_width]
     if c.mlp == 'swiglu':
       h = nn.silu(dense(c.mlp_width, 0.02, ('embed', 'mlp'), 'c_gate')(x)) * h
@@ -341,7 +342,9 @@ class GPT(nn.Module):
                               param_dtype=c.param_dtype,
                               kernel_init=_named(nn.initializers.normal(0.02), 'embed', 'vocab'),
                               bias_init=_named(nn.initializers.zeros, 'vocab'),
-                              dot_general=_float32_dot)  # W_O, b_O
+                              # float32 logits: the CPU-laid-out product (gptjax/matmul.py) where the
+                              # compute is float32 already, else one that accumulates and returns float32
+                              dot_general=dense_dot_general if c.dtype == 'float32' else _float32_dot)
 
   def embed(self, tokens, positions):
     """X = E[tokens] + P[positions]: tokens, positions [batch, seq] -> [batch, seq, n_embd].

@@ -8,8 +8,9 @@ machine that made it, and a run resumed on other code or hardware shows that too
      "git_dirty": false, "git_dirty_files": [], "gptjax_source": "/home/me/gptjax/gptjax",
      "versions": {"gptjax": "0.1.0", "jax": "0.10.2", ...}, "python": "3.11.2",
      "platform": "Linux-6.8-x86_64", "backend": "cpu", "device_kind": "cpu", "local_devices": 2,
-     "devices": 2, "processes": 1, "host": "box", "argv": [".../gptjax/train.py", "--config=..."],
-     "cwd": "/home/me/gptjax"}
+     "devices": 2, "processes": 1, "host": "box", "xla_flags": "--xla_cpu_experimental_ynn_fusion_type=-reduce
+     --xla_force_host_platform_device_count=2", "cpu_choices": {"cpu": "AMD EPYC (avx512+bf16, 2 cores)",
+     "devices": 2, ...}, "argv": [".../gptjax/train.py", "--config=..."], "cwd": "/home/me/gptjax"}
 
 The git fields describe the source tree the running `gptjax` package was imported from: the commit
 of HEAD and whether `git status` shows changes (modified, staged or untracked files, ignored ones
@@ -77,8 +78,9 @@ def versions() -> dict:
   return found
 
 
-def collect(start_step: int = 0, argv: list[str] | None = None) -> dict:
-  """The record of a run starting (or resuming) now at `start_step`."""
+def collect(start_step: int = 0, argv: list[str] | None = None, cpu_choices: dict | None = None) -> dict:
+  """The record of a run starting (or resuming) now at `start_step`; cpu_choices: what gptjax.cpu
+  chose at start-up (None when the caller made no choices)."""
   source = os.path.dirname(os.path.abspath(__file__))
   devices = jax.local_devices()
   return {
@@ -95,19 +97,21 @@ def collect(start_step: int = 0, argv: list[str] | None = None) -> dict:
       'devices': jax.device_count(),
       'processes': jax.process_count(),
       'host': socket.gethostname(),
+      'xla_flags': os.environ.get('XLA_FLAGS'),  # as the backend read them (None: not set)
+      'cpu_choices': cpu_choices,
       'argv': list(sys.argv if argv is None else argv),
       'cwd': os.getcwd(),  # where relative paths in argv point
   }
 
 
-def append(workdir: str, start_step: int = 0) -> dict:
+def append(workdir: str, start_step: int = 0, cpu_choices: dict | None = None) -> dict:
   """Adds this start's record to WORKDIR/provenance.jsonl (earlier starts are kept); returns it.
 
   Call it from process 0 only. The file is rewritten whole (atomically), so a crash never leaves a
   torn line behind and a torn line left by an older writer is dropped.
   """
   path = os.path.join(workdir, FILENAME)
-  record = collect(start_step)
+  record = collect(start_step, cpu_choices=cpu_choices)
   lines = [json.dumps(r) for r in read(workdir)] + [json.dumps(record)]
   atomic_write(path, ''.join(line + '\n' for line in lines))
   return record

@@ -336,10 +336,11 @@ def _restore(checkpointer, step: int, target: TrainState, older: list, workdir: 
     raise GptjaxError(str(e) + hint) from None
 
 
-def commit_workdir(setup: Setup, workdir: str) -> ckpt_lib.Checkpointer:
-  """Writes what the checks passed: data/, config.json, tokenizer.json, provenance.jsonl; moves the
-  checkpoints after the one resumed from to checkpoints.set_aside/ (process 0 writes; all wait).
-  Returns the run's checkpoint writer (all processes write checkpoints together); close it."""
+def commit_workdir(setup: Setup, workdir: str, cpu_choices: dict | None = None) -> ckpt_lib.Checkpointer:
+  """Writes what the checks passed: data/, config.json, tokenizer.json, provenance.jsonl (with
+  cpu_choices, what `cpu.configure` chose at start-up); moves the checkpoints after the one resumed
+  from to checkpoints.set_aside/ (process 0 writes; all wait). Returns the run's checkpoint writer
+  (all processes write checkpoints together); close it."""
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   if jax.process_index() == 0:
     try:
@@ -348,7 +349,7 @@ def commit_workdir(setup: Setup, workdir: str) -> ckpt_lib.Checkpointer:
         _move_data_in(setup.corpus.staged, os.path.join(workdir, 'data'))
       save_run_files(workdir, setup.config, setup.model_config, setup.corpus.tokenizer)
       if int(setup.state.step) < setup.config.train.max_steps:  # the code and machine of this start
-        provenance.append(workdir, start_step=int(setup.state.step))
+        provenance.append(workdir, start_step=int(setup.state.step), cpu_choices=cpu_choices)
       if setup.newer:
         aside = os.path.join(workdir, 'checkpoints.set_aside')
         os.makedirs(aside, exist_ok=True)
@@ -595,19 +596,20 @@ def _describe(layout) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, restore_step: int | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, cpu_choices: dict | None = None) -> dict:
   """Trains config in workdir, resuming from its latest checkpoint; returns the last metrics.
 
   restore_step picks an older checkpoint to resume from (e.g. when the latest one is damaged); the
   checkpoints after it are moved to WORKDIR/checkpoints.set_aside/, not deleted. The run holds the
   workdir's lock throughout (gptjax/workdir.py; process 0 of a multi-host run): a second run on the
-  same workdir is refused before it reads or writes anything there.
+  same workdir is refused before it reads or writes anything there. cpu_choices (what `cpu.configure`
+  chose at start-up) goes into the run record.
   """
   parallel.initialize()
   with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
     setup = set_up(config, workdir, restore_step)
     try:
-      with commit_workdir(setup, workdir) as checkpointer:  # closing waits for the saves in flight
+      with commit_workdir(setup, workdir, cpu_choices) as checkpointer:  # closing waits for the saves in flight
         return train_loop(setup, build_steps(setup), checkpointer, workdir, progress)
     finally:
       _discard(setup.corpus.staged)
@@ -618,7 +620,7 @@ def main():
   from absl import flags
   from ml_collections import config_flags
 
-  from gptjax import cli
+  from gptjax import cli, cpu
   from gptjax import config as default_config
 
   cli.define_config_flag('A config file defining get_config(); default: the embedded standard-library run.')
@@ -627,6 +629,7 @@ def main():
                        'Resume from this checkpoint step instead of the latest (e.g. if the latest is damaged).')
   flags.DEFINE_bool('progress', True, 'Show a progress bar.')
   cli.define_common()
+  cpu.define_flag()
 
   def run(argv):
     cli.no_extra_arguments(argv)
@@ -637,8 +640,14 @@ def main():
     name = 'default' if os.path.samefile(config_path, default_config.__file__) else \
         os.path.splitext(os.path.basename(config_path))[0]
     workdir = f.workdir or os.path.join('runs', name)
+    m, d = f.config.model, f.config.data
+    choices = cpu.configure(batch_size=f.config.train.batch_size, train_devices=f.config.train.devices,
+                            dropout=m.dropout, auto=f.cpu_auto, log=lambda s: print(s, flush=True),
+                            strategy=f.config.parallel.strategy,
+                            state_bytes=cpu.state_bytes_estimate(m, d.tokenizer, d.bpe_vocab_size))
     try:
-      result = train_and_evaluate(f.config, workdir, restore_step=f.restore_step, progress=f.progress)
+      result = train_and_evaluate(f.config, workdir, restore_step=f.restore_step, progress=f.progress,
+                                  cpu_choices=choices.to_dict())
     except Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"

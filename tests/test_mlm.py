@@ -238,7 +238,12 @@ def test_evaluate_reports_masked_token_loss_and_accuracy_for_an_mlm_run(mlm_run)
   # The fixed corruption of window k does not depend on how windows are batched.
   other = ev.evaluate_run(mlm_run, batch_size=3)
   assert (other['tokens'], other['accuracy']) == (record['tokens'], record['accuracy'])
-  assert other['nats'] == pytest.approx(record['nats'], rel=1e-6)  # float32 sums per row, float64 total
+  # float32 sums per row, float64 total; batches of 3 and 16 windows also run the model's matmuls at
+  # other shapes, whose kernels sum in another order (~1e-7 relative per logit), and the nats of ~30
+  # confidently predicted tokens (accuracy > 0.9, ~0.025 nats each) magnify that: 1.3e-6 measured
+  # with the CPU weight-gradient layout's trained parameters. A changed corruption or window moves
+  # the total by > 1e-2.
+  assert other['nats'] == pytest.approx(record['nats'], rel=1e-5)
 
 
 def test_mlm_windows_stay_within_the_text():

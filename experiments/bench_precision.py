@@ -21,8 +21,6 @@ import argparse
 import dataclasses
 import functools
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -36,7 +34,7 @@ from gptjax import data as data_lib  # noqa: E402
 from gptjax import decode, model as M  # noqa: E402
 from gptjax import train as train_lib  # noqa: E402
 from gptjax.config import resolve  # noqa: E402
-from timing import median_seconds  # noqa: E402
+from timing import cpu_name, median_seconds  # noqa: E402
 
 VARIANTS = {  # label: GPTConfig overrides of the recipe's model
     'float32, einsum, no remat (default)': {},
@@ -46,15 +44,6 @@ VARIANTS = {  # label: GPTConfig overrides of the recipe's model
     "attention 'xla'": {'attention_impl': 'xla'},
     "bfloat16, attention 'xla'": {'dtype': 'bfloat16', 'attention_impl': 'xla'},
 }
-
-
-def cpu_name() -> str:
-  try:
-    out = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
-    fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
-    return f"{fields['Model name'].strip()}, {fields['CPU(s)'].strip()} cores"
-  except (OSError, KeyError):
-    return platform.processor() or 'unknown CPU'
 
 
 def training(data_path: str, steps: int):

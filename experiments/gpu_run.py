@@ -229,7 +229,7 @@ def main(argv=None):
   found = hardware.peak_of(kind)
   print(f'Python {sys.version.split()[0]}; ' + ', '.join(f'{name} {_version(name)}' for name in PACKAGES)
         + f'; backend {jax.default_backend()}, {len(devices)} x {kind}')
-  print(f'peak (gptjax.hardware): ' + (f'{found[0]}: {found[1].bfloat16 / 1e12:.1f} TFLOP/s bf16, '
+  print('peak (gptjax.hardware): ' + (f'{found[0]}: {found[1].bfloat16 / 1e12:.1f} TFLOP/s bf16, '
                                        f'{found[1].float32 / 1e12:.1f} float32 ({found[1].source})'
                                        if found else 'unknown for this device kind: MFU is null'))
   base = GPTConfig(vocab_size=args.vocab, block_size=args.seq, n_layer=args.n_layer, n_head=args.n_head,

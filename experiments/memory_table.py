@@ -138,8 +138,8 @@ def main():
   args = parser.parse_args()
   if args.child:
     return child(args)
-  cpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
-  cpu = cpu.split('Model name:')[1].splitlines()[0].strip() if 'Model name:' in cpu else 'unknown CPU'
+  from timing import cpu_name  # experiments/timing.py, beside this script
+  cpu = cpu_name()
   env = {**os.environ, 'XLA_FLAGS': FLAGS}  # 8 fake devices: fixed when JAX starts, so in a child
   out = subprocess.run([sys.executable, __file__, '--child', *sys.argv[1:]], env=env, cwd=ROOT,
                        stdout=subprocess.PIPE, text=True)  # the child's progress goes to stderr as it comes

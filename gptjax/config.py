@@ -12,15 +12,18 @@ import dataclasses
 import importlib.util
 import math
 import os
+from typing import TYPE_CHECKING
 
-import ml_collections
-
-from gptjax import parallel
+from gptjax import attention, parallel
 from gptjax.errors import GptjaxError
 from gptjax.model import GPTConfig
 
+if TYPE_CHECKING:
+  import ml_collections
+
 
 def get_config() -> ml_collections.ConfigDict:
+  import ml_collections  # here, not at the top: the library imports without it (experiments/gpu_run.py)
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -42,8 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.mlp_hidden = 0  # MLP hidden width; 0: 4 * n_embd for gelu, 8/3 * n_embd (to a multiple of 8) for swiglu
   c.model.qk_norm = False  # RMSNorm of each head's queries and keys
   c.model.causal = True  # False (bidirectional) goes with train.objective='mlm'
-  c.model.dtype = 'float32'
+  c.model.dtype = 'float32'  # compute dtype; 'bfloat16': mixed precision (float32 params, optimizer, logits)
   c.model.param_dtype = 'float32'
+  c.model.remat = 'none'  # recompute block activations in the backward pass: 'full', 'dots_saveable', ...
+  c.model.attention_impl = 'einsum'  # or 'xla' / 'cudnn' (jax.nn.dot_product_attention: gptjax/attention.py)
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ''  # a text file; '' means the Python standard library's .py sources
@@ -60,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.mask_prob = 0.15  # mlm: the fraction of positions picked (80% [MASK], 10% random, 10% kept)
   c.train.seq_len = 0  # training window; 0: model.block_size
   c.train.batch_size = 16  # global batch: split over all devices of all hosts
+  c.train.grad_accum_steps = 1  # compute each step's gradient over this many micro-batches of the batch, in turn
   c.train.max_steps = 1000
   c.train.learning_rate = 1e-3
   c.train.min_lr = 1e-4
@@ -100,6 +106,7 @@ def load_file(path: str) -> ml_collections.ConfigDict:
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy with the fields left to their defaults filled in (seq_len, decay_steps)."""
+  import ml_collections
   config = ml_collections.ConfigDict(config.to_dict())
   if config.train.seq_len == 0:
     config.train.seq_len = config.model.block_size
@@ -139,9 +146,11 @@ def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
   config = resolve(config)
   m, t, d = config.model, config.train, config.data
   try:
-    GPTConfig(**{**m.to_dict(), 'vocab_size': m.vocab_size or 1})
+    attention.check(GPTConfig(**{**m.to_dict(), 'vocab_size': m.vocab_size or 1}))
   except (ValueError, TypeError) as e:
     problems.append(f'model: {e}')
+  except GptjaxError as e:
+    problems.append(str(e))
   if t.seq_len < 0:
     problems.append(f'train.seq_len={t.seq_len} must be >= 1 (or 0 for model.block_size)')
   if t.seq_len > m.block_size:
@@ -161,6 +170,12 @@ def _validate(config: ml_collections.ConfigDict, n_devices: int) -> None:
   if t.batch_size < 1 or t.batch_size % split:
     problems.append(f'train.batch_size={t.batch_size} is not divisible by {split_by}; '
                     f'use a multiple of {split} or set --config.train.devices')
+  if t.grad_accum_steps < 1:
+    problems.append(f'train.grad_accum_steps={t.grad_accum_steps} must be >= 1')
+  elif t.batch_size >= 1 and t.batch_size % split == 0 and (t.batch_size // split) % t.grad_accum_steps:
+    problems.append(f'train.grad_accum_steps={t.grad_accum_steps} does not divide the {t.batch_size // split} '
+                    f'rows each device gets (train.batch_size={t.batch_size} over {split_by}); use a '
+                    'divisor of it, or a larger batch')
   for name in ('max_steps', 'warmup_steps', 'eval_iters', 'keep_checkpoints'):
     if t[name] < 0:
       problems.append(f'train.{name}={t[name]} must be >= 0')

@@ -71,7 +71,8 @@ class MetricsWriter:
         self._tb.flush()
 
   def write(self, step: int, **values) -> None:
-    record = {'step': int(step), **{k: float(v) for k, v in values.items()}}
+    """One line {step, **values}; a value of None (not measurable here, e.g. MFU on a CPU) is null."""
+    record = {'step': int(step), **{k: None if v is None else float(v) for k, v in values.items()}}
     with _write_errors(self.path):
       self._file.write(json.dumps(record) + '\n')
       self._file.flush()
@@ -80,7 +81,8 @@ class MetricsWriter:
       from tensorboardX.summary import scalar
       with _write_errors(self._tb_dir):
         for k, v in values.items():
-          self._tb.write_event(Event(wall_time=time.time(), step=int(step), summary=scalar(k, float(v))))
+          if v is not None:
+            self._tb.write_event(Event(wall_time=time.time(), step=int(step), summary=scalar(k, float(v))))
         self._tb.flush()
 
   def close(self) -> None:
@@ -105,18 +107,38 @@ def _write_errors(path: str):
 
 
 def flops_per_token(config: GPTConfig, seq_len: int) -> float:
-  """Training FLOPs per token (forward + backward = 3x forward), as in the PaLM paper's appendix
-  and nanoGPT: 6 N for the weight matmuls (N counts the LM head, not the embedding lookups) plus
-  12 * n_layer * seq_len * n_embd for attention scores and values (no saving for the causal mask).
+  """Model FLOPs of one training token (forward + backward = 3x forward), as in the PaLM paper's
+  appendix B and nanoGPT: 6 N + 12 * n_layer * seq_len * n_embd.
+
+  6 N: N counts the weights that take part in matmuls, the LM head included and the embedding
+  lookups not (GPT-2's MLP: 8 d^2 a layer; SwiGLU's three matrices: 3 d h); a matmul does 2 FLOPs per
+  weight per token forward and 4 backward. Norms, RoPE, softmax and the loss are not counted.
+  12 L T d: per layer, Q K^T and (softmax) V each do 2 * seq_len * n_embd FLOPs per token forward
+  (n_head heads x head_dim = n_embd, whatever n_kv_head is); x3 for forward + backward. The causal
+  mask is not subtracted (kernels that skip masked tiles do about half of this).
+  Rematerialization's recomputed forward is not counted: this is *model* FLOPs, so MFU compares
+  runs that recompute with runs that do not.
   """
   c = config
-  n_matmul = c.n_layer * (c.n_embd * (c.n_head + 2 * c.kv_heads) * c.head_dim + c.n_embd ** 2
-                          + 8 * c.n_embd ** 2) + c.n_embd * c.vocab_size
+  attention = c.n_embd * (c.n_head + 2 * c.kv_heads) * c.head_dim + c.n_embd ** 2  # c_attn (q, k, v), c_proj
+  mlp = (3 if c.mlp == 'swiglu' else 2) * c.n_embd * c.mlp_width  # c_fc (+ c_gate), c_proj
+  n_matmul = c.n_layer * (attention + mlp) + c.n_embd * c.vocab_size
   return 6.0 * n_matmul + 12.0 * c.n_layer * seq_len * c.n_embd
 
 
-def mfu(tokens_per_sec: float, config: GPTConfig, seq_len: int, peak_flops: float) -> float:
-  """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak (0 if unknown)."""
-  if not peak_flops or math.isnan(tokens_per_sec):
-    return 0.0
+def mfu(tokens_per_sec: float, config: GPTConfig, seq_len: int, peak_flops: float | None) -> float | None:
+  """Model FLOPs utilisation: achieved model FLOP/s over the peak of the devices that ran them
+  (peak_flops: the sum over devices, see `hardware.peak_flops`). None where the peak is unknown
+  (CPUs) or nothing was timed."""
+  if not peak_flops or tokens_per_sec is None or not math.isfinite(tokens_per_sec):
+    return None
   return tokens_per_sec * flops_per_token(config, seq_len) / peak_flops
+
+
+def throughput(tokens: int, seconds: float, steps: int, config: GPTConfig, seq_len: int,
+               peak_flops: float | None) -> dict:
+  """{tokens_per_sec, ms_per_step, mfu} of `steps` steps that processed `tokens` tokens in `seconds`;
+  mfu is None where the devices' peak is unknown."""
+  tokens_per_sec = tokens / seconds
+  return {'tokens_per_sec': tokens_per_sec, 'ms_per_step': 1e3 * seconds / steps,
+          'mfu': mfu(tokens_per_sec, config, seq_len, peak_flops)}

@@ -13,6 +13,12 @@ One forward serves training and decoding:
 With a cache, each row's new tokens are written at that row's `cache.pos` and attend over the
 cached prefix; see `kv_cache.py`. The model holds no state between calls.
 
+How it computes (GPTConfig fields that change no parameter, see EXECUTION_FIELDS): `dtype` is the
+activations' and matmuls' dtype ('bfloat16' = mixed precision: parameters stay `param_dtype`, matmuls
+accumulate in float32, LayerNorm/RMSNorm statistics, RoPE and the softmax are float32, and the output
+head returns float32 logits); `remat` rematerializes each block in the backward pass (REMAT_POLICIES);
+`attention_impl` picks `attention` below or jax.nn.dot_product_attention (gptjax/attention.py).
+
 The defaults build GPT-2's block. Llama-style options, each a GPTConfig switch that changes nothing
 (parameter names, values or logits) while it is off:
 
@@ -36,8 +42,25 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gptjax import attention as attention_lib
 from gptjax import kv_cache as kvc
 from gptjax.matmul import dense_dot_general
+
+# Rematerialization (activation checkpointing) of each block: which of its intermediate values the
+# backward pass keeps; the rest it recomputes from the block's input. 'full' keeps none (memory of
+# one block's activations at a time, one more forward pass of compute); 'dots_saveable' keeps every
+# matmul output (elementwise ops, LayerNorms and softmax are recomputed);
+# 'dots_with_no_batch_dims_saveable' keeps only the weight matmuls' outputs (not attention's).
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+# GPTConfig fields that choose how the model computes, not what its parameters are: a checkpoint
+# written under one value loads and resumes under any other.
+EXECUTION_FIELDS = ('dtype', 'remat', 'attention_impl')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +84,10 @@ class GPTConfig:
   mlp_hidden: int = 0  # the MLP's hidden width; 0: mlp_width's default for the mlp kind
   qk_norm: bool = False  # RMSNorm each head's queries and keys before the dot product
   causal: bool = True  # False gives bidirectional attention (for a masked-LM objective)
-  dtype: str = 'float32'  # compute dtype of activations and matmuls
+  dtype: str = 'float32'  # compute dtype of activations and matmuls ('bfloat16': mixed precision)
   param_dtype: str = 'float32'
+  remat: str = 'none'  # recompute each block's activations in the backward pass: a REMAT_POLICIES name
+  attention_impl: str = 'einsum'  # 'einsum' (`attention` below), or jax.nn.dot_product_attention's 'xla'/'cudnn'
 
   def __post_init__(self):
     problems = []
@@ -97,6 +122,14 @@ class GPTConfig:
     for name in ('dtype', 'param_dtype'):
       if getattr(self, name) not in ('float32', 'bfloat16', 'float16'):
         problems.append(f"{name}={getattr(self, name)!r} must be 'float32', 'bfloat16' or 'float16'")
+    if self.remat not in REMAT_POLICIES:
+      problems.append(f'remat={self.remat!r} must be one of {", ".join(map(repr, REMAT_POLICIES))}')
+    if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
+      problems.append(f'attention_impl={self.attention_impl!r} must be one of '
+                      f'{", ".join(map(repr, attention_lib.IMPLEMENTATIONS))}')
+    elif self.attention_impl != 'einsum' and self.dropout:
+      problems.append(f'attention_impl={self.attention_impl!r} has no dropout of attention weights: use '
+                      "attention_impl='einsum' for dropout > 0, or dropout=0")
     if problems:
       raise ValueError('; '.join(problems))
 
@@ -115,6 +148,12 @@ class GPTConfig:
     if self.mlp_hidden:
       return self.mlp_hidden
     return 8 * -(-self.n_embd // 3) if self.mlp == 'swiglu' else 4 * self.n_embd
+
+
+def _float32_dot(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+  """lax.dot_general with float32 products and output, for inputs of any (lower) precision."""
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=jnp.float32, **kwargs)
 
 
 def _named(init, *axes):
@@ -220,7 +259,13 @@ class CausalSelfAttention(nn.Module):
       rows = lambda t: t.reshape(batch * c.kv_heads, seq, c.head_dim)  # the cache's layout
       kv = (kvc.write(kv[0], rows(k), pos), kvc.write(kv[1], rows(v), pos))
       k, v = (t.reshape(batch, c.kv_heads, -1, c.head_dim) for t in kv)
-    y = attention(q, k, v, mask, nn.Dropout(c.dropout), deterministic).reshape(batch * seq, -1)
+    if c.attention_impl == 'einsum':
+      y = attention(q, k, v, mask, nn.Dropout(c.dropout), deterministic)
+    else:  # jax.nn.dot_product_attention; causal self-attention needs no mask (cuDNN skips masked tiles)
+      attention_lib.check(c)  # cuDNN where it cannot run: a one-line error, not a fallback
+      y = attention_lib.dot_product(q, k, v, None if kv is None else mask, causal=kv is None and c.causal,
+                                    implementation=c.attention_impl)
+    y = y.reshape(batch * seq, -1)
     # Residual projections start smaller (GPT-2): the residual stream sums 2 * n_layer of them.
     y = dense(c.n_embd, 0.02 / math.sqrt(2 * c.n_layer), ('heads', 'embed'), 'c_proj')(y)
     return nn.Dropout(c.dropout)(y, deterministic=deterministic), kv
@@ -254,13 +299,22 @@ class Block(nn.Module):
   config: GPTConfig
 
   @nn.compact
-  def __call__(self, x, mask, kv=None, pos=None, positions=None, *, deterministic=True):
+  def __call__(self, x, mask, kv=None, pos=None, positions=None, deterministic=True):
     c = self.config
     y, kv = CausalSelfAttention(c, name='attn')(norm(c, 'ln_1')(x), mask, kv, pos, positions,
                                                 deterministic=deterministic)
     x = x + y
     x = x + MLP(c, name='mlp')(norm(c, 'ln_2')(x), deterministic=deterministic)
     return x, kv
+
+
+def remat_block(c: GPTConfig):
+  """Block, or Block rematerialized under the policy c.remat. Blocks are named explicitly (h_0,
+  h_1, ...), so the parameter names are the same either way and checkpoints cross."""
+  if c.remat == 'none':
+    return Block
+  # static_argnums counts self as 0: `deterministic` (6) is a Python bool that Dropout branches on.
+  return nn.remat(Block, policy=REMAT_POLICIES[c.remat], static_argnums=(6,))
 
 
 class GPT(nn.Module):
@@ -275,18 +329,22 @@ class GPT(nn.Module):
     if c.pos_encoding == 'learned':
       self.wpe = table('position', c.block_size, 'wpe')  # P: [block_size, n_embd]
     self.drop = nn.Dropout(c.dropout)
-    self.h = [Block(c, name=f'h_{i}') for i in range(c.n_layer)]
+    self.h = [remat_block(c)(c, name=f'h_{i}') for i in range(c.n_layer)]
     self.ln_f = norm(c)
     if c.tie_embeddings:
       if c.bias and c.head_bias:
         self.b_O = self.param('lm_head_bias', _named(nn.initializers.zeros, 'vocab'), (c.vocab_size,),
                               c.param_dtype)
     else:
+      # The head's matmul accumulates and returns float32 whatever c.dtype is: logits feed a softmax
+      # over the whole vocabulary, where bfloat16's 8 bits of mantissa would round them by ~0.1.
       self.lm_head = nn.Dense(c.vocab_size, use_bias=c.bias and c.head_bias, dtype=c.dtype,
                               param_dtype=c.param_dtype,
                               kernel_init=_named(nn.initializers.normal(0.02), 'embed', 'vocab'),
                               bias_init=_named(nn.initializers.zeros, 'vocab'),
-                              dot_general=dense_dot_general)  # W_O, b_O
+                              # float32 logits: the CPU-laid-out product (gptjax/matmul.py) where the
+                              # compute is float32 already, else one that accumulates and returns float32
+                              dot_general=dense_dot_general if c.dtype == 'float32' else _float32_dot)
 
   def embed(self, tokens, positions):
     """X = E[tokens] + P[positions]: tokens, positions [batch, seq] -> [batch, seq, n_embd].
@@ -327,7 +385,7 @@ class GPT(nn.Module):
     new_k, new_v = [], []
     for i, block in enumerate(self.h):
       kv = None if cache is None else (cache.k[i], cache.v[i])
-      x, kv = block(x, mask, kv, None if cache is None else cache.pos, positions, deterministic=deterministic)
+      x, kv = block(x, mask, kv, None if cache is None else cache.pos, positions, deterministic)
       x = _split_as(x, 'batch', None)
       if cache is not None:
         new_k.append(kv[0])
@@ -335,9 +393,11 @@ class GPT(nn.Module):
     x = self.ln_f(x)
 
     if c.tie_embeddings:
-      logits = self.wte.attend(x)  # h E^T
+      # h E^T, as Embed.attend computes it but accumulated and returned in float32 (see lm_head).
+      e = self.wte.embedding.astype(c.dtype)
+      logits = jnp.dot(x.astype(c.dtype), e.T, preferred_element_type=jnp.float32)
       if c.bias and c.head_bias:
-        logits = logits + self.b_O
+        logits = logits + self.b_O.astype(jnp.float32)
     else:
       logits = self.lm_head(x)  # h W_O + b_O
     logits = _split_as(logits.astype(jnp.float32).reshape(batch, seq, -1), 'batch', None, 'vocab')

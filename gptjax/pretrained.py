@@ -6,7 +6,7 @@ tying, ...) comes from DIR; the run's config decides only what can change withou
 
     block_size   at most DIR's positions: the position table is cut to the first block_size rows
     vocab_size   0 = the tokenizer's; more rows than DIR has are added as the mean of DIR's rows
-    dropout, dtype, param_dtype
+    dropout, param_dtype, and how the model computes (dtype, remat, attention_impl)
 
 A config that sets a shape field to something else than both the default and DIR's value is refused
 (it cannot apply to these weights). The optimizer state and the step start fresh.
@@ -22,18 +22,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import TYPE_CHECKING
 
-import ml_collections
 import numpy as np
 
 from gptjax import config as config_lib
 from gptjax import data as data_lib
 from gptjax import hf
 from gptjax.errors import GptjaxError
-from gptjax.model import GPTConfig
+from gptjax.model import EXECUTION_FIELDS, GPTConfig
+
+if TYPE_CHECKING:  # only in annotations: importing this module needs no ml_collections
+  import ml_collections
 
 # What a run's config may choose for itself; every other GPTConfig field is the pretrained model's.
-RUN_CHOOSES = ('block_size', 'vocab_size', 'dropout', 'dtype', 'param_dtype')
+RUN_CHOOSES = ('block_size', 'vocab_size', 'dropout', 'param_dtype') + EXECUTION_FIELDS
 
 
 def source_config(path: str) -> tuple[GPTConfig, data_lib.Tokenizer | None]:

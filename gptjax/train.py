@@ -32,12 +32,11 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import PartitionSpec
@@ -47,10 +46,13 @@ from gptjax import checkpoint as ckpt_lib
 from gptjax import config as config_lib
 from gptjax import data as data_lib
 from gptjax import metrics as metrics_lib
-from gptjax import objectives, parallel, pretrained, provenance
+from gptjax import accumulate, hardware, objectives, parallel, pretrained, provenance
 from gptjax import workdir as workdir_lib
 from gptjax.errors import GptjaxError, os_error
-from gptjax.model import GPT, GPTConfig, count_params, init_params, param_axes
+from gptjax.model import EXECUTION_FIELDS, GPT, GPTConfig, count_params, init_params, param_axes
+
+if TYPE_CHECKING:  # only in annotations: importing this module needs no ml_collections
+  import ml_collections
 
 
 @flax.struct.dataclass
@@ -110,9 +112,11 @@ def state_axes(model_config: GPTConfig, tx: optax.GradientTransformation) -> Tra
 
 
 def train_step(state: TrainState, tokens: jax.Array, *, model: GPT, tx, skip_nonfinite: bool = False,
-               objective: objectives.Objective = objectives.NEXT_TOKEN, axis_name: str | None = parallel.AXIS):
+               objective: objectives.Objective = objectives.NEXT_TOKEN, axis_name: str | None = parallel.AXIS,
+               grad_accum_steps: int = 1):
   """One update on this device's shard tokens [batch, seq + 1]; grads averaged over `axis_name`.
 
+  grad_accum_steps > 1 computes the gradient over that many micro-batches in turn (gptjax/accumulate.py).
   Returns (new state, metrics {'loss', 'grad_norm'}). With skip_nonfinite, an update whose loss or
   gradient is NaN/Inf is dropped (the step counter still advances past its batch).
   """
@@ -120,15 +124,18 @@ def train_step(state: TrainState, tokens: jax.Array, *, model: GPT, tx, skip_non
   inputs, targets, weights = objectives.examples(objective, tokens, rng,
                                                  objectives.shard_rows(tokens.shape[0], axis_name))
   scale = objectives.shard_loss_scale(weights, axis_name)
+  count = jnp.maximum(jnp.sum(weights), 1.0)  # this shard's real targets
   if axis_name is not None:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
-  def loss_fn(params):
+  def loss_fn(params, batch, rng):  # batch's share of the shard's mean loss (all of it without accumulation)
+    inputs, targets, weights = batch
     logits = model.apply({'params': params}, inputs, deterministic=model.config.dropout == 0.0,
                          rngs={'dropout': rng})
-    return objectives.cross_entropy(logits, targets, weights)[0] * scale
+    return objectives.cross_entropy(logits, targets, weights)[1][0] / count * scale
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  loss, grads = accumulate.value_and_grad(loss_fn, state.params, (inputs, targets, weights), rng,
+                                          grad_accum_steps)
   if axis_name is not None:  # scaled so that the mean of the shards' means is the global batch's mean
     loss, grads = jax.lax.pmean((loss, grads), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -223,7 +230,7 @@ def check_resumable(workdir: str, model_config: GPTConfig, tokenizer) -> None:
     saved = {**{f.name: f.default for f in dataclasses.fields(GPTConfig)}, **json.load(f).get('model', {})}
   now = model_config.__dict__
   differ = [f'model.{k}={saved[k]!r} (config asks {now[k]!r})' for k in now
-            if k in saved and saved[k] != now[k]]
+            if k in saved and saved[k] != now[k] and k not in EXECUTION_FIELDS]
   saved_tok = os.path.join(workdir, 'tokenizer.json')
   if os.path.exists(saved_tok):
     old = data_lib.load_tokenizer(saved_tok)
@@ -391,7 +398,7 @@ def build_steps(setup: Setup) -> Steps:
   model = GPT(setup.model_config)
   objective = objectives.for_run(tc, setup.corpus.tokenizer)
   step_fn = functools.partial(train_steps, model=model, tx=setup.tx, skip_nonfinite=tc.nan_policy == 'skip',
-                              objective=objective, axis_name=layout.axis_name)
+                              objective=objective, axis_name=layout.axis_name, grad_accum_steps=tc.grad_accum_steps)
   eval_fn = functools.partial(eval_step, model=model, objective=objective, axis_name=layout.axis_name)
   rows = layout.host_rows(tc.batch_size)
 
@@ -502,6 +509,7 @@ def train_loop(setup: Setup, steps: Steps, checkpointer: ckpt_lib.Checkpointer, 
       checkpointer.save(at_step, layout.to_global(state), metadata={'log_window': window.to_dict()})
 
   tokens_per_step = tc.batch_size * tc.seq_len
+  peak_flops = hardware.total_peak_flops(layout.devices, setup.model_config.dtype)  # None: unknown (CPU)
   window_time, window_steps = 0.0, 0
   compiled_lengths = set()
   writer = bar = None
@@ -549,8 +557,8 @@ def train_loop(setup: Setup, steps: Steps, checkpointer: ckpt_lib.Checkpointer, 
           record['train_loss'] = window.mean()
           record['lr'] = float(setup.schedule(step - 1))
           if window_time > 0:
-            record['tokens_per_sec'] = window_steps * tokens_per_step / window_time
-            record['ms_per_step'] = 1e3 * window_time / window_steps
+            record.update(metrics_lib.throughput(window_steps * tokens_per_step, window_time, window_steps,
+                                                 setup.model_config, tc.seq_len, peak_flops))
           window, window_time, window_steps = LogWindow(), 0.0, 0
         if tc.eval_iters and (step % tc.eval_interval == 0 or step == tc.max_steps):
           record.update(evaluate())
@@ -558,9 +566,9 @@ def train_loop(setup: Setup, steps: Steps, checkpointer: ckpt_lib.Checkpointer, 
           last.update(record)
           if writer:
             writer.write(step, **record)
-          bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'lr'})
+          bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'lr' and v is not None})
           if 'val_loss' in record:
-            log(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in record.items()))
+            log(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in record.items() if v is not None))
         if step % tc.checkpoint_interval == 0 or step == tc.max_steps:
           save(step)
         # Every process stops at the same step, whichever of them got the signal.
@@ -644,7 +652,7 @@ def main():
     except Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"
-    shown = ', '.join(f'{k} {v:.4g}' for k, v in result.items() if k != 'step')
+    shown = ', '.join(f'{k} {v:.4g}' for k, v in result.items() if k != 'step' and v is not None)
     if jax.process_index() == 0:
       print(f'done: step {result["step"]}' + (f', {shown}' if shown else '') + f'; workdir {workdir}')
 

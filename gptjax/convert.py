@@ -114,10 +114,10 @@ def from_hf(hf_dir: str, workdir: str, *, tokenizer_dir: str = '', vocab_size: i
 
 def to_hf(workdir: str, hf_dir: str, *, step: int | None = None) -> str:
   """Writes the checkpoint of run `workdir` (default: latest) as a Hugging Face GPT-2 directory."""
-  from gptjax import sample  # a run's checkpoint is read the way sampling reads it
+  from gptjax.run import load_run  # a run's checkpoint is read the way sampling reads it
 
   _check_free(hf_dir, 'output directory')
-  params, model_config, tokenizer, step = sample.load_run(workdir, step)
+  params, model_config, tokenizer, step = load_run(workdir, step)
   hf.check_exportable(model_config)
   bpe = isinstance(tokenizer, data_lib.BPETokenizer)
   eot = tokenizer.token_id(data_lib.END_OF_TEXT) if bpe else None

@@ -256,7 +256,7 @@ def evaluate_run(workdir: str, *, data: str | None = None, split: str = 'val', s
 
   Returns EvalResult.to_dict() plus workdir, step, data (what was scored) and tokenizer.
   """
-  from gptjax import sample  # load_run: restores the parameters of a run's checkpoint
+  from gptjax.run import load_run  # restores the parameters of a run's checkpoint
 
   if data is None and split not in ('train', 'val'):
     raise GptjaxError(f"split={split!r} must be 'train' or 'val'")
@@ -264,7 +264,7 @@ def evaluate_run(workdir: str, *, data: str | None = None, split: str = 'val', s
   tokenizer_path = os.path.join(workdir, 'tokenizer.json')
   if data is not None and os.path.isfile(tokenizer_path):  # a text that cannot be encoded fails before
     ids = encode_bytes(data_lib.load_tokenizer(tokenizer_path), read_file(data), data)  # the restore
-  params, model_config, tokenizer, step = sample.load_run(workdir, step)
+  params, model_config, tokenizer, step = load_run(workdir, step)
   if data is not None:
     ids = encode_bytes(tokenizer, read_file(data), data) if ids is None else ids
     source = os.path.abspath(data)

@@ -86,10 +86,10 @@ def fill(params, config: GPTConfig, tokenizer, text: str, *, top_k: int = 5, ite
 def fill_from_workdir(workdir: str, text: str, *, top_k: int = 5, iterative: bool = False,
                       step: int | None = None) -> Filled:
   """fill() with the parameters and tokenizer of the run in workdir (latest checkpoint, or `step`)."""
-  from gptjax import sample  # load_run: the run's checkpoint, config and tokenizer
+  from gptjax.run import load_run  # the run's checkpoint, config and tokenizer
   if not text:
     raise GptjaxError(f'the text is empty; give one with --text, marking the tokens to fill with {data_lib.MASK_TOKEN}')
-  params, config, tokenizer, _ = sample.load_run(workdir, step)
+  params, config, tokenizer, _ = load_run(workdir, step)
   if config.causal:
     raise GptjaxError(f'{workdir} is a next-token (causal) run: it continues text rather than filling in '
                       f'masks; use python -m gptjax.sample --workdir={workdir} --prompt=TEXT')

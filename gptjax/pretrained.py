@@ -99,8 +99,8 @@ def load_params(path: str, config: GPTConfig) -> dict:
   if hf.is_hf_dir(path):
     source, params = hf.read(path)
   else:
-    from gptjax import sample  # a run's checkpoint is read the way sampling reads it
-    params, source, _, _ = sample.load_run(path)
+    from gptjax.run import load_run  # a run's checkpoint is read the way sampling reads it
+    params, source, _, _ = load_run(path)
   return fit(params, source, config)
 
 

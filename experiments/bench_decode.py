@@ -3,10 +3,15 @@
 A model of nanoGPT's CPU-recipe size (4 layers, 4 heads, 128 wide, vocab 65; random weights:
 speed does not depend on them), fp32, greedy, a 1-token prompt and 500 new tokens, batch 1 and 16.
 Contenders take turns within each repeat (interleaved, so a busy machine slows all alike; medians
-over repeats, a warm-up call first):
-  - gptjax: decode.generate, the cache in length buckets (each step attends over the filled
-    prefix rounded up to a bucket of 64, 128, 256 or 512 slots);
-  - gptjax as it was before buckets: one 512-slot buffer attended in full at every step;
+over repeats, a warm-up call first, half a second of rest before each timed call). JAX starts as
+`gptjax.sample --num_samples=16` starts it: one XLA CPU device per core (gptjax/cpu.py), so that
+decode.generate can run groups of rows side by side:
+  - gptjax: decode.generate as it is by default: the cache in length buckets (each step attends over
+    the filled prefix rounded up to a bucket of 64, 96, 128, 192, 256, 384 or 512 slots), a batch
+    whose cache outgrows the CPU's last-level cache decoded in groups of rows, the groups spread over
+    the cores;
+  - the same on one core (the groups one after another), and as one group on one core;
+  - gptjax as it was before buckets: one 512-slot buffer attended in full at every step, one group;
   - gptjax with a 64-token context, sliding past it (the last 32 tokens re-encoded when full);
   - Hugging Face transformers GPT2LMHeadModel.generate, with and without its KV cache;
   - nanoGPT's generate (no cache; re-runs the model on the context cropped to 64 or 1024 tokens).
@@ -31,10 +36,15 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
+from gptjax import cpu  # noqa: E402
+
+# Before JAX starts, the CPU settings `python -m gptjax.sample --num_samples=16` makes: one XLA CPU
+# device per core (16 rows split over them), XLA flags and malloc as gptjax/cpu.py chooses.
+cpu.configure(batch_size=16)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nanogpt_peer  # noqa: E402
@@ -46,6 +56,10 @@ VOCAB, N_LAYER, N_HEAD, N_EMBD, NEW = 65, 4, 4, 128, 500
 HERE = os.path.dirname(os.path.abspath(__file__))
 POSITIONS = [64, 128, 256, 512, 1024]
 STEPS = 64  # decode steps timed at each position
+# Seconds of rest before each timed call: right after a PyTorch call its OpenMP workers still spin on
+# the other core (gptjax at batch 1 measured 13,754 tokens/s right after HF generate, 16,424 after a
+# 0.5 s pause, on the 2-core AMD EPYC).
+PAUSE = 0.5
 
 
 def gptjax_generate(params, config, batch, **kwargs):
@@ -77,7 +91,8 @@ def latency_curves(params, config, batch, repeats, clock):
   the position's tokens (what a cache-less loop pays per token)."""
   sampling = decode.Sampling(temperature=0.0)
   buckets = decode.cache_buckets(config.block_size, 64)
-  steps = jax.jit(lambda p, s: decode.decode_loop(p, config, s, STEPS, sampling=sampling)[1])
+  steps = jax.jit(lambda p, s: decode.decode_loop(p, config, s, STEPS, sampling=sampling)[1],
+                  compiler_options=decode.CPU_DECODE_OPTIONS)  # as generate's decode chunks
   full = jax.jit(lambda p, t: M.GPT(config).apply({'params': p}, t)[:, -1].argmax(-1))
   start = jax.jit(lambda p, t, l, r, max_len: decode.start(
       p, config, t, l, r, max_len=max_len, sampling=sampling, stop_tokens=())[0], static_argnames='max_len')
@@ -89,7 +104,7 @@ def latency_curves(params, config, batch, repeats, clock):
       state = start(params, tokens, lengths, jax.random.PRNGKey(0), max_len=size)
       fns[name, pos] = lambda s=state: jax.block_until_ready(steps(params, s))
     fns['recompute', pos] = lambda t=tokens: jax.block_until_ready(full(params, t))
-  seconds = interleaved_medians(fns, repeats, clock)
+  seconds = interleaved_medians(fns, repeats, clock, pause=PAUSE)
   return {name: [seconds[name, p] / (1 if name == 'recompute' else STEPS) for p in POSITIONS]
           for name in ('before', 'after', 'recompute')}
 
@@ -111,7 +126,7 @@ def main():
   if args.cpu_time:
     torch.set_num_threads(1)
 
-  print(f'{cpu_name()}; jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); '
+  print(f'{cpu_name()}; {jax.device_count()} XLA CPU devices; jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); '
         f'load average {os.getloadavg()[0]:.1f} at the start')
   config = M.GPTConfig(vocab_size=VOCAB, block_size=1024 + STEPS + 1, n_layer=N_LAYER, n_head=N_HEAD,
                        n_embd=N_EMBD, bias=False, tie_embeddings=True)
@@ -123,11 +138,15 @@ def main():
   nano = {bs: nanogpt_peer.NanoGPT(VOCAB, bs, N_LAYER, N_HEAD, N_EMBD).eval() for bs in (64, 1024)}
 
   rows = []
+  one_core = [jax.devices()[0]]
   for batch in (1, 16):
     contenders = {
         'gptjax, KV cache in buckets (prefix-bounded)': gptjax_generate(params, config, batch),
+        'gptjax, the same on one core': gptjax_generate(params, config, batch, devices=one_core),
+        'gptjax, the same, one group on one core':
+            gptjax_generate(params, config, batch, devices=one_core, rows_per_group=batch),
         'gptjax, KV cache, whole 512-slot buffer (before)':
-            gptjax_generate(params, config, batch, bucket_size=512),
+            gptjax_generate(params, config, batch, bucket_size=512, devices=one_core, rows_per_group=batch),
         'gptjax, context 64, sliding past it': gptjax_generate(short_params, short, batch),
         'HF transformers generate, KV cache': hf_generate(hf, batch, True),
         'HF transformers generate, no cache': hf_generate(hf, batch, False),
@@ -135,10 +154,12 @@ def main():
         'nanoGPT generate, context 1024': nanogpt_generate(nano[1024], batch, 1024),
     }
     uncached = lambda name: 'no cache' in name or 'nanoGPT' in name
+    if batch == 1:  # one row is one group on one device whatever the settings
+      contenders = {name: fn for name, fn in contenders.items() if 'the same' not in name}
     if args.skip_uncached:
       contenders = {name: fn for name, fn in contenders.items() if not uncached(name)}
     repeats = {name: args.slow_repeats if uncached(name) else args.repeats for name in contenders}
-    seconds = interleaved_medians(contenders, repeats, clock)
+    seconds = interleaved_medians(contenders, repeats, clock, pause=PAUSE)
     hf_cached = batch * NEW / seconds['HF transformers generate, KV cache']
     for name, s in seconds.items():
       rows.append((batch, name, batch * NEW / s, batch * NEW / s / hf_cached))

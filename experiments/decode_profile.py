@@ -42,7 +42,9 @@ from gptjax import decode, model as M  # noqa: E402
 VOCAB, N_LAYER, N_HEAD, N_EMBD = 65, 4, 4, 128
 GREEDY, SAMPLED = decode.Sampling(temperature=0.0), decode.Sampling(temperature=0.8, top_k=20)
 # (batch, cache slots, sampling); the steps run from the middle of the cache.
-CASES = [(1, 128, GREEDY), (1, 512, GREEDY), (1, 128, SAMPLED), (16, 128, GREEDY), (16, 512, GREEDY)]
+# (4, 512) is a row group of batch 16 in that bucket (decode.plan_groups on a 32 MiB L3, 2 cores).
+CASES = [(1, 128, GREEDY), (1, 512, GREEDY), (1, 128, SAMPLED), (4, 512, GREEDY), (16, 128, GREEDY),
+         (16, 512, GREEDY)]
 STEPS = 64
 
 
@@ -58,6 +60,35 @@ def matmul_gflops(m, k, n, repeats, clock, chain=16):
     jax.block_until_ready(run(a, b))
     times.append(clock() - t0)
   return 2 * m * k * n * chain / float(np.median(times)) / 1e9
+
+
+def dense_floor(params, config, repeats, clock):
+  """(seconds, bytes) per step of the step's dense matmuls alone at batch 1: each layer's four weight
+  matrices and the tied head, in a loop of STEPS steps compiled as the decode loop is. Every weight
+  is read once per token, so this is the floor of a batch-1 step on one core."""
+  layers = [params[f'h_{i}'] for i in range(config.n_layer)]
+  head = params['wte']['embedding']
+
+  def step(x):
+    for p in layers:
+      qkv = x @ p['attn']['c_attn']['kernel']
+      x = x + qkv[:, :config.n_embd] @ p['attn']['c_proj']['kernel']
+      x = x + jnp.tanh(x @ p['mlp']['c_fc']['kernel']) @ p['mlp']['c_proj']['kernel']
+    logits = jax.lax.dot_general(x, head, (((1,), (1,)), ((), ())))
+    return x + 1e-3 * logits[:, :1]
+
+  run = jax.jit(lambda x: jax.lax.fori_loop(0, STEPS, lambda i, x: step(x), x),
+                compiler_options=decode.CPU_DECODE_OPTIONS)
+  x = jnp.ones((1, config.n_embd), jnp.float32)
+  jax.block_until_ready(run(x))
+  times = []
+  for _ in range(repeats):
+    t0 = clock()
+    jax.block_until_ready(run(x))
+    times.append(clock() - t0)
+  nbytes = sum(p[a][b]['kernel'].nbytes for p in layers for a, b in
+               (('attn', 'c_attn'), ('attn', 'c_proj'), ('mlp', 'c_fc'), ('mlp', 'c_proj'))) + head.nbytes
+  return float(np.median(times)) / STEPS, nbytes
 
 
 def step_cost(config, batch, cache_len):
@@ -170,8 +201,9 @@ def main():
     def fresh():
       prompts = np.zeros((batch, pos), np.int32)
       lengths = np.full((batch,), pos, np.int32)
-      state, context, _ = decode._start(params, prompts, lengths, jax.random.PRNGKey(0), config=config,
-                                        cache_len=cache_len, sampling=sampling, stop_tokens=())
+      state, context, _ = decode._start(params, prompts, lengths, jax.random.PRNGKey(0),
+                                        np.arange(batch, dtype=np.int32), config=config, cache_len=cache_len,
+                                        sampling=sampling, stop_tokens=())
       return params, state, context, np.int32(STEPS)
 
     lowered = decode._chunk_program().lower(*fresh(), config=config, sampling=sampling, stop_tokens=())
@@ -188,6 +220,9 @@ def main():
                     + f' | {total * 1e6:.1f} |')
     print(costs[-1], flush=True)
 
+  floor, weight_bytes = dense_floor(params, config, args.repeats, clock)
+  print(f'\nthe dense matmuls alone, batch 1 ({weight_bytes / 1e6:.2f} MB of weights read once per token): '
+        f'{floor * 1e6:.1f} us per step, {weight_bytes / floor / 1e9:.0f} GB/s')
   print('\nthe step against its arithmetic and its memory traffic (us per token-step):')
   print(f'| batch | cache slots | sampling | step us | MFLOP | at {peak:.0f} GFLOP/s, us | MB read (weights + cache) '
         '| GB/s that makes | thunks |')

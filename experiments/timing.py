@@ -27,11 +27,13 @@ def cpu_seconds() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
-def interleaved_medians(fns: dict, repeats: dict | int, clock=time.perf_counter) -> dict:
+def interleaved_medians(fns: dict, repeats: dict | int, clock=time.perf_counter, pause: float = 0.0) -> dict:
   """{name: median seconds} of each fn(), one untimed warm-up call each, then `repeats` rounds in
   which every fn runs once in turn, so that a busy machine slows all of them alike. repeats may be
   a {name: count} dict (a fn leaves the rounds once it has its count). clock=cpu_seconds measures
-  the CPU time each call uses instead of the wall time it takes."""
+  the CPU time each call uses instead of the wall time it takes. pause: seconds to wait before each
+  timed call, so that no call starts while the previous one's threads still spin (PyTorch's OpenMP
+  workers busy-wait for a while after each parallel region)."""
   counts = repeats if isinstance(repeats, dict) else {name: repeats for name in fns}
   for fn in fns.values():
     fn()
@@ -39,6 +41,7 @@ def interleaved_medians(fns: dict, repeats: dict | int, clock=time.perf_counter)
   for round_ in range(max(counts.values())):
     for name, fn in fns.items():
       if round_ < counts[name]:
+        time.sleep(pause)
         t0 = clock()
         fn()
         times[name].append(clock() - t0)

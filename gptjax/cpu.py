@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import os
 import platform
 from typing import Mapping
@@ -145,6 +146,33 @@ class Choices:
   def to_dict(self) -> dict:
     return {'cpu': self.cpu, 'devices': self.devices, 'xla_flags': list(self.xla_flags),
             'malloc_keep_bytes': self.malloc_keep_bytes, 'notes': list(self.notes)}
+
+
+@functools.lru_cache(maxsize=None)
+def last_level_cache_bytes(sysfs: str = '/sys/devices/system/cpu/cpu0/cache') -> int | None:
+  """Size of the largest cache level CPU 0 reports (L3 on x86 servers), or None where the kernel does
+  not say. Decoding sizes its row groups by it (`decode.plan_groups`)."""
+  best = None
+  try:
+    entries = os.listdir(sysfs)
+  except OSError:
+    return None
+  for entry in sorted(entries):
+    try:
+      with open(os.path.join(sysfs, entry, 'level')) as f:
+        level = int(f.read())
+      with open(os.path.join(sysfs, entry, 'size')) as f:
+        text = f.read().strip().upper()
+    except (OSError, ValueError):
+      continue
+    scale = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30}.get(text[-1:], 1)
+    try:
+      size = int(text.rstrip('KMG')) * scale
+    except ValueError:
+      continue
+    if best is None or level > best[0]:
+      best = (level, size)
+  return best[1] if best else None
 
 
 def launched_as_one_of_several(environ: Mapping[str, str]) -> bool:

@@ -9,11 +9,18 @@ per token instead of re-running the O(n^2) forward over the whole sequence.
 
 Prefix-bounded attention. A step attends over every slot of the cache it is given, so the cache is
 kept only as long as the longest row needs: its length is one of a few buckets (`cache_buckets`:
-bucket_size, 2x, 4x, ... up to block_size), and the loop runs in chunks, one compiled while loop per
-bucket, growing the cache to the next bucket between chunks. A step at position p thus costs what
-about p to 2p slots cost, not the whole buffer. Rows advance one position per step whatever they
-sample, so `generate` plans the chunks on the host from the prompt lengths alone: it never waits for
-the device between chunks, and the calls queue asynchronously.
+bucket_size, 1.5x, 2x, 3x, 4x, 6x, ... up to block_size), and the loop runs in chunks, one compiled
+while loop per bucket, growing the cache to the next bucket between chunks. A step at position p
+thus costs what about p to 1.5p slots cost, not the whole buffer. Rows advance one position per step
+whatever they sample, so `generate` plans the chunks on the host from the prompt lengths alone: it
+never waits for the device between chunks, and the calls queue asynchronously.
+
+Row groups. A step reads every row's keys and values, so once the batch's cache outgrows the CPU's
+last-level cache each step streams it from memory. `generate` then decodes the rows in groups whose
+caches fit (`plan_groups`), each group running a whole chunk before the next, and spreads the groups
+over the devices, where they run side by side (on a CPU: one XLA device per core, as `gptjax.sample`
+sets up; on accelerators: one group per device). Groups start one per device and split in two as the
+cache grows. Each row samples with its own key, fold_in(rng, row), so grouping changes no output.
 
 Sliding past the context. max_new_tokens may exceed what fits in block_size positions. When a row's
 cache is full, its last `keep - 1` tokens (default keep = block_size // 2, counting the token about
@@ -27,8 +34,9 @@ position) get the new positions 0.. the same way. A prompt longer than block_siz
 last block_size tokens first, as nanoGPT's sampler does.
 
 Compiled programs: one generate() call compiles at most 1 (prefill) + 2 per bucket it reaches
-(growing into it, decoding in it) + 1 (sliding) programs, whatever max_new_tokens is; calls with
-the same batch, padded prompt length (a power of two) and settings reuse them. Sampling strategies
+(growing into it, decoding in it) + 1 (sliding) programs, whatever max_new_tokens is, plus one per
+bucket where row groups split, for each device that runs groups; calls with the same batch, padded
+prompt length (a power of two) and settings reuse them. Sampling strategies
 are small pure functions of (rng, logits). Nothing is stored between calls.
 """
 
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Sequence
 
 import flax.struct
@@ -43,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gptjax import cpu as cpu_lib
 from gptjax import kv_cache as kvc
 from gptjax.errors import GptjaxError
 from gptjax.model import GPT, GPTConfig
@@ -127,7 +137,7 @@ class DecodeState:
 
   cache: kvc.KVCache  # keys/values so far; cache.pos is each row's next position
   token: jax.Array  # [batch] int32: the last sampled token, fed to the next step
-  rng: jax.Array
+  rng: jax.Array  # [batch] keys, one per row: a row's draws do not depend on the rows beside it
   done: jax.Array  # [batch] bool: row has hit a stop token
   length: jax.Array  # [batch] int32: tokens generated before the stop
 
@@ -156,23 +166,42 @@ def _is_stop(tokens: jax.Array, stop_tokens: tuple[int, ...]) -> jax.Array:
   return jnp.isin(tokens, jnp.asarray(stop_tokens, jnp.int32))
 
 
-def _split(rng: jax.Array, sampling: Sampling) -> tuple[jax.Array, jax.Array]:
-  """(rng for later, key for this draw); greedy draws nothing, so it leaves the rng as it is."""
+def _split(keys: jax.Array, sampling: Sampling) -> tuple[jax.Array, jax.Array]:
+  """Each row's key split in two: (keys for later [batch], keys for this draw [batch]); greedy draws
+  nothing, so it leaves the keys as they are."""
   if sampling.temperature == 0:
-    return rng, rng
-  return tuple(jax.random.split(rng))
+    return keys, keys
+  pairs = jax.vmap(jax.random.split)(keys)  # [batch, 2, ...]
+  return pairs[:, 0], pairs[:, 1]
+
+
+def sample_rows(keys: jax.Array, logits: jax.Array, sampling: Sampling) -> jax.Array:
+  """sample_logits with one key per row: keys [batch], logits [batch, vocab] -> [batch] int32."""
+  if sampling.temperature == 0:
+    return sample_logits(keys, logits, sampling)  # greedy: no key is used
+  return jax.vmap(lambda key, row: sample_logits(key, row[None], sampling)[0])(keys, logits)
+
+
+def row_keys(rng: jax.Array, rows: jax.Array) -> jax.Array:
+  """One key per row from the call's key: row r draws from fold_in(rng, r), whatever else is in the
+  batch and however the batch is split into groups."""
+  return jax.vmap(lambda r: jax.random.fold_in(rng, r))(rows)
 
 
 def start(params, config: GPTConfig, prompts: jax.Array, lengths: jax.Array, rng: jax.Array, *,
-          max_len: int, sampling: Sampling, stop_tokens: tuple[int, ...]) -> tuple[DecodeState, jax.Array]:
+          max_len: int, sampling: Sampling, stop_tokens: tuple[int, ...],
+          rows: jax.Array | None = None) -> tuple[DecodeState, jax.Array]:
   """Prefills a cache of max_len slots and samples each row's first new token.
 
-  Returns (state, first tokens [batch]); first tokens that are stop tokens are already marked done.
+  rng: the call's key; rows [batch]: each row's index in the whole request (default 0..batch-1),
+  which picks its key (`row_keys`). Returns (state, first tokens [batch]); first tokens that are
+  stop tokens are already marked done.
   """
   cache = kvc.init(config, prompts.shape[0], max_len)
   logits, cache = prefill(params, config, prompts, lengths, cache)
-  rng, first_rng = _split(rng, sampling)
-  first = sample_logits(first_rng, logits, sampling)
+  rows = jnp.arange(prompts.shape[0]) if rows is None else rows
+  rng, first_rng = _split(row_keys(rng, rows), sampling)
+  first = sample_rows(first_rng, logits, sampling)
   done = _is_stop(first, stop_tokens)
   return DecodeState(cache=cache, token=first, rng=rng, done=done, length=(~done).astype(jnp.int32)), first
 
@@ -187,7 +216,7 @@ def decode_step(params, config: GPTConfig, state: DecodeState, *, sampling: Samp
   """
   logits, cache = GPT(config).apply({'params': params}, state.token[:, None], cache=state.cache)
   rng, step_rng = _split(state.rng, sampling)
-  token = sample_logits(step_rng, logits[:, 0], sampling)
+  token = sample_rows(step_rng, logits[:, 0], sampling)
   done = state.done | _is_stop(token, stop_tokens)
   return DecodeState(cache=cache, token=token, rng=rng, done=done,
                      length=state.length + (~done).astype(jnp.int32)), token
@@ -212,12 +241,12 @@ def decode_loop(params, config: GPTConfig, state: DecodeState, steps: int, *, sa
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'cache_len', 'sampling', 'stop_tokens'))
-def _start(params, prompts, lengths, rng, *, config: GPTConfig, cache_len: int, sampling: Sampling,
+def _start(params, prompts, lengths, rng, rows, *, config: GPTConfig, cache_len: int, sampling: Sampling,
            stop_tokens: tuple[int, ...]):
   """Prefill over prompt_len slots, then the cache resized to cache_len. Returns (state, context
   [batch, block_size]: the token in each cache slot, first tokens [batch])."""
   state, first = start(params, config, prompts, lengths, rng, max_len=prompts.shape[1], sampling=sampling,
-                       stop_tokens=stop_tokens)
+                       stop_tokens=stop_tokens, rows=rows)
   context = jnp.zeros((prompts.shape[0], config.block_size), jnp.int32).at[:, :prompts.shape[1]].set(prompts)
   return state.replace(cache=kvc.resize(state.cache, cache_len)), context, first
 
@@ -293,15 +322,18 @@ def _slide(params, state: DecodeState, context, rows, count, *, config: GPTConfi
   return state.replace(cache=cache), context
 
 
-PROGRAMS = (_start, _grow, _decode_chunk, _decode_chunk_cpu, _slide)  # generate()'s compiled pieces
 
 
 def cache_buckets(block_size: int, bucket_size: int) -> tuple[int, ...]:
-  """The cache lengths decoding uses: bucket_size, 2 * bucket_size, 4 * bucket_size, ... up to and
-  always including block_size (one bucket, the whole context, when bucket_size >= block_size)."""
+  """The cache lengths decoding uses: two per doubling from bucket_size (b, 3b/2, 2b, 3b, 4b, 6b, ...)
+  up to and always including block_size (one bucket, the whole context, when bucket_size >=
+  block_size). A step attends over its bucket, so on average a third more slots than are filled
+  (powers of two alone: half as many more, for half as many compiled programs)."""
   sizes = []
   while bucket_size < block_size:
     sizes.append(bucket_size)
+    if bucket_size * 3 // 2 < block_size and bucket_size >= 2:
+      sizes.append(bucket_size * 3 // 2)
     bucket_size *= 2
   return tuple(sizes) + (block_size,)
 
@@ -311,19 +343,73 @@ def bucket_for(buckets: tuple[int, ...], n: int) -> int:
   return next(b for b in buckets if b >= n)
 
 
+# Row groups: a decode step streams every row's keys and values through the core, so a batch whose
+# cache outgrows the CPU's last-level cache is decoded in groups of rows, each group running all the
+# steps of a chunk with its own keys and values staying in that cache; with several devices (one XLA
+# CPU device per core, or several accelerators) the groups run side by side. Groups split in two as
+# the cache grows (small caches: one group per device, so each step's matmuls take many rows at once).
+# README "Decoding" has the measurements: batch 16 at 512 slots, 1.3-1.4 ms per step as one group on
+# one core, 0.75-0.8 ms as groups of 4-8 rows on one core, 0.5 ms as groups of 4 on two.
+SPLIT_MIN_BYTES = 1 << 20  # a batch whose step moves less than this runs as one group: splitting
+# it would add dispatches and compiled programs (one set per device) for no gain
+
+
+def kv_bytes_per_row(config: GPTConfig, cache_len: int) -> int:
+  """Bytes of one row's keys and values over cache_len slots, all layers."""
+  return 2 * config.n_layer * config.kv_heads * config.head_dim * cache_len * jnp.dtype(config.dtype).itemsize
+
+
+def plan_groups(batch: int, row_bytes: int, devices: int, budget: int | None) -> int:
+  """How many groups (a power of two, at most batch rounded up to one) to decode `batch` rows in.
+
+  row_bytes: one row's K/V at the cache length in question; devices: how many run groups side by
+  side; budget: the cache bytes the groups running at once may fill (on a CPU, half its last-level
+  cache), None where there is no such budget (accelerators). At least one group per device (while
+  there are rows for it), and as few as keep each running group's K/V within its share of the budget.
+  """
+  groups = 1
+  while groups < batch:
+    rows, running = -(-batch // groups), min(groups, devices)
+    if groups >= min(devices, batch) and (budget is None or rows * row_bytes * running <= budget):
+      break
+    groups *= 2
+  return groups
+
+
+@dataclasses.dataclass
+class _Rows:
+  """One group of rows decoding on one device: its inputs there, its state, its host-side plan."""
+
+  params: dict
+  ids: np.ndarray  # [rows] each row's index in the (padded) request: picks its key, places its output
+  pos: np.ndarray  # [rows] each row's next slot, tracked on the host: +1 per step, any token
+  device: jax.Device | None  # None: wherever params are (a single group)
+  state: DecodeState = None
+  context: jax.Array = None
+  cache_len: int = 0
+  # (tokens [steps or cache_len, n] on the device, how many steps are real, the columns that are
+  # this group's rows); the first entry holds the first tokens.
+  chunks: list = dataclasses.field(default_factory=list)
+
+
 def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_tokens: int,
              lengths=None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              stop_tokens: Sequence[int] = (), pad_id: int = 0, bucket_size: int = 64,
-             keep: int | None = None, real_vocab_size: int | None = None) -> Generation:
+             keep: int | None = None, real_vocab_size: int | None = None,
+             rows_per_group: int | None = None, devices: Sequence[jax.Device] | None = None) -> Generation:
   """Continues each prompt by up to max_new_tokens tokens (any number: past block_size it slides).
 
   prompts: [batch, prompt_len] int array (right-padded, with `lengths` [batch]), or a list of token
   lists of any lengths. Sampling: temperature 0 = greedy; top_k > 0 keeps the k most likely tokens;
   top_p < 1 keeps the nucleus. A row stops at any of stop_tokens (not included in its output).
-  bucket_size: the smallest cache length a step attends over (then 2x, 4x, ... up to block_size);
-  keep: tokens a full row keeps when it slides (default block_size // 2). real_vocab_size: the
-  tokenizer's size when config.vocab_size pads past it; ids from it up are never sampled. Greedy rows
-  are independent: each equals generating that prompt alone.
+  bucket_size: the smallest cache length a step attends over (see `cache_buckets`); keep: tokens a
+  full row keeps when it slides (default block_size // 2). real_vocab_size: the tokenizer's size when
+  config.vocab_size pads past it; ids from it up are never sampled.
+  rows_per_group: decode the batch in groups of this many rows throughout (default: groups chosen
+  per cache length by `plan_groups`, from the CPU's cache size and the devices); devices: where the
+  groups run, in turn (default: the local devices of the default backend, on a CPU at most one per
+  core). Rows are independent: greedy, each equals generating that prompt alone; sampled, row r draws
+  from fold_in(rng, r) whatever the batch and the grouping.
   """
   prompts, lengths, sampling, stop_tokens = check_request(
       config, prompts, lengths, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id, real_vocab_size)
@@ -334,43 +420,142 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
     raise GptjaxError(f'bucket_size={bucket_size} must be an integer >= 1')
   if not integer(keep) or not 1 <= keep <= block:
     raise GptjaxError(f'keep={keep} must be an integer between 1 and block_size={block}')
+  if rows_per_group is not None and (not integer(rows_per_group) or rows_per_group < 1):
+    raise GptjaxError(f'rows_per_group={rows_per_group} must be an integer >= 1 (or None: chosen from the cache)')
   buckets = cache_buckets(block, int(bucket_size))
   batch, n_new = prompts.shape[0], int(max_new_tokens)
 
   # The prompt is padded to a power of two (so few prefill programs serve all prompt lengths).
   width = min(block, 1 << (prompts.shape[1] - 1).bit_length())
   prompts = np.pad(prompts, ((0, 0), (0, width - prompts.shape[1])))  # token 0 in slots no row reads
-  pos = lengths.astype(np.int64)  # each row's next slot, tracked on the host: +1 per step, any token
-  cache_len = bucket_for(buckets, min(int(pos.max()) + 1, block))
-  state, context, first = _start(params, prompts, lengths, rng, config=config, cache_len=cache_len,
-                                 sampling=sampling, stop_tokens=stop_tokens)
-  first = np.asarray(first)  # taken before the state's buffers are donated to the first chunk
-  chunk = _chunk_program()
-  chunks = []  # (tokens [cache_len, batch] on the device, how many are real)
+  first_len = bucket_for(buckets, min(int(lengths.max()) + 1, block))
+  last_len = bucket_for(buckets, min(int(lengths.max()) + n_new, block))
+  groups_at, devices = _grouping(params, config, batch, last_len, rows_per_group, devices)
+  most = groups_at(last_len)
+  if most > 1 and batch % most:  # the last rows pad: copies of the last row, dropped at the end
+    extra = most * -(-batch // most) - batch
+    prompts = np.concatenate([prompts, np.repeat(prompts[-1:], extra, axis=0)])
+    lengths = np.concatenate([lengths, np.repeat(lengths[-1:], extra)])
+
+  groups = groups_at(first_len)
+  rows = prompts.shape[0] // groups
+  placed = {}  # device -> params there
+  runs = []
+  for g in range(groups):
+    device = devices[g % len(devices)] if groups > 1 else None
+    if device is not None and device not in placed:
+      placed[device] = jax.device_put(params, device)
+    part = slice(g * rows, (g + 1) * rows)
+    put = (lambda x: x) if device is None else functools.partial(jax.device_put, device=device)
+    run = _Rows(params=placed.get(device, params), ids=np.arange(part.start, part.stop, dtype=np.int32),
+                pos=lengths[part].astype(np.int64), device=device, cache_len=first_len)
+    run.state, run.context, first = _start(
+        run.params, put(prompts[part]), put(lengths[part]), put(rng), put(run.ids), config=config,
+        cache_len=first_len, sampling=sampling, stop_tokens=stop_tokens)
+    run.chunks.append((first[None], 1, slice(0, rows)))
+    runs.append(run)
+  # A first token is the state's token too, which the first chunk takes over (donated): copy them out.
+  firsts = jax.device_get([run.chunks[0][0] for run in runs])
+  for run, first in zip(runs, firsts):
+    run.chunks[0] = (first, 1, run.chunks[0][2])
+
+  # Each group's chunks, dispatched without waiting on any device: groups on different devices run at
+  # the same time. The plan depends on the prompt lengths alone (rows advance one slot per step).
   made = 1
   while made < n_new:
-    full = np.flatnonzero(pos >= block)
-    if full.size:
-      rows = np.zeros((batch,), np.int32)
-      rows[:full.size] = full
-      state, context = _slide(params, state, context, rows, np.int32(full.size), config=config, keep=int(keep))
-      pos[full] = keep - 1
-    need = bucket_for(buckets, int(pos.max()) + 1)
-    if need > cache_len:  # never cut: after a slide the rows soon need the top bucket again
-      cache_len = need
-      state = _grow(state, cache_len=cache_len)
-    steps = min(n_new - made, cache_len - int(pos.max()))
-    state, context, tokens = chunk(params, state, context, np.int32(steps), config=config, sampling=sampling,
-                                   stop_tokens=stop_tokens)
-    chunks.append((tokens, steps))
-    pos += steps
+    for run in runs:
+      _slide_full_rows(run, config=config, keep=int(keep))
+    need = bucket_for(buckets, int(max(run.pos.max() for run in runs)) + 1)
+    if need > runs[0].cache_len:  # never cut: after a slide the rows soon need the top bucket again
+      for run in runs:
+        run.cache_len = need
+        run.state = _grow(run.state, cache_len=need)
+      while len(runs) < groups_at(need):
+        runs = [half for run in runs for half in _halve(run)]
+    steps = min(n_new - made, runs[0].cache_len - int(max(run.pos.max() for run in runs)))
+    chunk = _chunk_program()
+    for run in runs:
+      run.state, run.context, tokens = chunk(run.params, run.state, run.context, np.int32(steps), config=config,
+                                             sampling=sampling, stop_tokens=stop_tokens)
+      run.chunks.append((tokens, steps, slice(0, tokens.shape[1])))
+      run.pos += steps
     made += steps
 
-  pieces = jax.device_get([t for t, _ in chunks])
-  tokens = np.concatenate([first[:, None]] + [p[:n].T for p, (_, n) in zip(pieces, chunks)], axis=1)
-  length, stopped = jax.device_get((state.length, state.done))
-  tokens = np.where(np.arange(n_new)[None, :] < length[:, None], tokens, pad_id).astype(np.int32)
-  return Generation(tokens=tokens, lengths=np.asarray(length, np.int32), stopped=np.asarray(stopped))
+  out = np.full((prompts.shape[0], n_new), pad_id, np.int32)
+  length = np.zeros((prompts.shape[0],), np.int32)
+  stopped = np.zeros((prompts.shape[0],), bool)
+  got = jax.device_get([([t for t, _, _ in run.chunks], run.state.length, run.state.done) for run in runs])
+  for run, (pieces, n, done) in zip(runs, got):
+    out[run.ids] = np.concatenate([p[:k, cols].T for p, (_, k, cols) in zip(pieces, run.chunks)], axis=1)
+    length[run.ids], stopped[run.ids] = n, done
+  out, length, stopped = out[:batch], length[:batch], stopped[:batch]
+  tokens = np.where(np.arange(n_new)[None, :] < length[:, None], out, pad_id).astype(np.int32)
+  return Generation(tokens=tokens, lengths=length, stopped=stopped)
+
+
+def _grouping(params, config: GPTConfig, batch: int, last_len: int, rows_per_group, devices):
+  """(groups at a cache length: cache_len -> int, the devices groups cycle through). last_len: the
+  largest cache length the call reaches."""
+  if devices is None:
+    devices = jax.local_devices()
+    if devices[0].platform == 'cpu':
+      cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+      devices = devices[:max(1, cores)]
+  devices = list(devices)
+  if not devices:
+    raise GptjaxError('devices is empty; pass None (the local devices) or at least one device')
+  if rows_per_group is not None:
+    fixed = -(-batch // min(int(rows_per_group), batch))
+    return (lambda cache_len: fixed), devices
+  params_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+  if batch * kv_bytes_per_row(config, last_len) + params_bytes < SPLIT_MIN_BYTES:
+    return (lambda cache_len: 1), devices
+  budget = None
+  if devices[0].platform == 'cpu':
+    budget = (cpu_lib.last_level_cache_bytes() or 32 << 20) // 2
+
+  def groups_at(cache_len):
+    return plan_groups(batch, kv_bytes_per_row(config, cache_len), len(devices), budget)
+
+  return groups_at, devices
+
+
+def _halve(run: _Rows) -> tuple[_Rows, _Rows]:
+  """The group split into its first and second half of rows, both on its device."""
+  half = run.ids.shape[0] // 2
+  out = []
+  for (state, context), (lo, hi) in zip(_halve_state(run.state, run.context, half=half),
+                                        ((0, half), (half, run.ids.shape[0]))):
+    chunks = [(t, n, slice(cols.start + lo, cols.start + hi)) for t, n, cols in run.chunks]
+    out.append(dataclasses.replace(run, ids=run.ids[lo:hi], pos=run.pos[lo:hi].copy(), state=state,
+                                   context=context, chunks=chunks))
+  return tuple(out)
+
+
+@functools.partial(jax.jit, static_argnames=('half',))
+def _halve_state(state: DecodeState, context, *, half: int):
+  """((state, context) of rows :half, the same of rows half:). Cache buffers hold batch * n_kv_head
+  rows; every other array has one per row."""
+  per_row = state.cache.k[0].shape[0] // state.token.shape[0]
+  leaves, tree = jax.tree.flatten(state)
+  cut = [half * per_row if x.ndim == 3 else half for x in leaves]
+  first = jax.tree.unflatten(tree, [x[:n] for x, n in zip(leaves, cut)])
+  second = jax.tree.unflatten(tree, [x[n:] for x, n in zip(leaves, cut)])
+  return (first, context[:half]), (second, context[half:])
+
+
+def _slide_full_rows(run: _Rows, *, config: GPTConfig, keep: int) -> None:
+  """Rows of the group whose caches are full keep their last keep - 1 tokens (see `_slide`)."""
+  full = np.flatnonzero(run.pos >= config.block_size)
+  if full.size:
+    rows = np.zeros(run.pos.shape, np.int32)
+    rows[:full.size] = full
+    run.state, run.context = _slide(run.params, run.state, run.context, rows, np.int32(full.size), config=config,
+                                    keep=keep)
+    run.pos[full] = keep - 1
+
+
+PROGRAMS = (_start, _grow, _decode_chunk, _decode_chunk_cpu, _slide, _halve_state)  # generate()'s compiled pieces
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -53,7 +53,7 @@ def main():
   """python -m gptjax.sample --workdir=DIR [--prompt=TEXT] [sampling flags]"""
   from absl import flags
 
-  from gptjax import cli
+  from gptjax import cli, cpu
 
   flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/ and tokenizer.json.')
   flags.DEFINE_string('prompt', '\n', 'Text to continue.')
@@ -69,6 +69,7 @@ def main():
   flags.DEFINE_integer('step', None, 'Checkpoint step to load (default: the latest).')
   flags.DEFINE_bool('continuation_only', False, 'Print only the generated text, not the prompt before it.')
   cli.define_common()
+  cpu.define_flag()
 
   def run(argv):
     cli.no_extra_arguments(argv)
@@ -76,6 +77,9 @@ def main():
     if not f.workdir:
       raise GptjaxError('--workdir is required: the run directory to sample from')
     prompt = cli.unescape(f.prompt)
+    # Before JAX starts: one XLA CPU device per core where the samples split over them, so that
+    # decode.generate runs groups of rows side by side (quietly: stdout is the samples).
+    cpu.configure(batch_size=f.num_samples if f.num_samples > 0 else 0, auto=f.cpu_auto, log=lambda line: None)
     texts = sample_from_workdir(
         f.workdir, prompt=prompt, max_new_tokens=f.max_new_tokens,
         temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, seed=f.seed,

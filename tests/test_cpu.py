@@ -175,3 +175,17 @@ def test_each_automatic_choice_keeps_the_losses(tmp_path):
     # dropout mask or initialisation changes (> 1e-2).
     print(name, np.max(np.abs(np.subtract(losses[name], losses["off"]))), losses[name])
     np.testing.assert_allclose(losses[name], losses["off"], rtol=0, atol=1e-4, err_msg=name)
+
+
+def test_last_level_cache_is_the_highest_level_the_kernel_reports(tmp_path):
+  """Sizes as sysfs writes them (K/M suffixes); the highest level wins, whatever the entry order;
+  no readable entry gives None."""
+  for entry, level, size in [('index0', 1, '48K'), ('index2', 2, '1024K'), ('index3', 3, '32768K'),
+                             ('index1', 1, '32K')]:
+    os.makedirs(tmp_path / entry)
+    (tmp_path / entry / 'level').write_text(f'{level}\n')
+    (tmp_path / entry / 'size').write_text(f'{size}\n')
+  assert cpu.last_level_cache_bytes(str(tmp_path)) == 32 << 20
+  (tmp_path / 'index3' / 'size').write_text('2M\n')
+  assert cpu.last_level_cache_bytes.__wrapped__(str(tmp_path)) == 2 << 20  # read again, past the cache
+  assert cpu.last_level_cache_bytes(str(tmp_path / 'missing')) is None

@@ -74,7 +74,7 @@ def test_greedy_with_cache_equals_naive_loop_for_64_tokens(params):
 
 def test_ragged_batch_equals_each_prompt_alone(params):
   prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [4, 4, 2]]
-  kwargs = dict(max_new_tokens=12, temperature=0.0, bucket_size=16)  # the batch grows to 32 slots, alone not all
+  kwargs = dict(max_new_tokens=12, temperature=0.0, bucket_size=16)  # the batch grows to 24 slots, alone not all
   batch = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), **kwargs)
   for i, p in enumerate(prompts):
     alone = decode.generate(params, CONFIG, [p], jax.random.PRNGKey(0), **kwargs)
@@ -84,9 +84,64 @@ def test_ragged_batch_equals_each_prompt_alone(params):
 RAGGED = [[3, 1, 4], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0], [1, 4, 1, 4, 2, 1, 3]]
 
 
+# ---------------------------------------------------------------------------------------------
+# Row groups: a batch whose cache outgrows the CPU cache is decoded in groups, side by side on
+# several devices, splitting as the cache grows
+
+
+@pytest.mark.parametrize('batch, row_bytes, devices, budget, groups', [
+    (1, 100 << 20, 2, 16 << 20, 1),  # one row: one group, whatever it holds
+    (16, 2 << 20, 2, 16 << 20, 4),  # 512 slots of the benchmark's model: groups of 4, two at a time
+    (16, 2 << 20, 1, 16 << 20, 2),  # one device: groups of 8, one at a time
+    (16, 256 << 10, 2, 16 << 20, 2),  # a short cache fits whole: one group per device
+    (16, 256 << 10, 1, 16 << 20, 1),
+    (16, 100 << 20, 2, 16 << 20, 16),  # no group fits: one row each, never more groups than rows
+    (3, 1 << 20, 8, None, 4),  # accelerators (no budget): a group per device while rows last
+    (16, 1 << 30, 8, None, 8),
+])
+def test_plan_groups(batch, row_bytes, devices, budget, groups):
+  assert decode.plan_groups(batch, row_bytes, devices, budget) == groups
+
+
+def test_groups_split_as_the_cache_grows_and_equal_one_group(params, monkeypatch):
+  """8 ragged rows on 2 devices with a cache budget that makes 2 groups at 32 slots, 4 at 48 and 8
+  at 96: greedy, past the context (rows slide), every row equals the same request decoded as one
+  group on one device. (Sampled rows under grouping: the next test.)"""
+  devices = jax.devices()[:2]  # conftest: 8 CPU devices
+  prompts = [[i % 16] * (1 + 2 * i) for i in range(8)]
+  kwargs = dict(max_new_tokens=100, bucket_size=32, temperature=0.0)
+  whole = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(1), rows_per_group=8, devices=devices[:1],
+                          **kwargs)
+  with monkeypatch.context() as m:
+    m.setattr(decode, 'SPLIT_MIN_BYTES', 0)  # split even this tiny model
+    # 128 KiB for the running groups; a row holds 512 bytes per slot (2 layers, K and V, 32 floats).
+    m.setattr(decode.cpu_lib, 'last_level_cache_bytes', lambda: 256 << 10)
+    groups_at, _ = decode._grouping(params, CONFIG, 8, 96, None, devices)
+    assert [groups_at(n) for n in (32, 48, 64, 96)] == [2, 4, 4, 8]
+    decode._halve_state.clear_cache()
+    split = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(1), devices=devices, **kwargs)
+    assert decode._halve_state._cache_size() == 2 * 2  # halved twice (2 -> 4 -> 8 groups), on each device
+  np.testing.assert_array_equal(split.tokens, whole.tokens)
+  np.testing.assert_array_equal(split.lengths, whole.lengths)
+  assert len({tuple(row) for row in split.tokens.tolist()}) == 8  # the rows differ, so equality means something
+
+
+def test_a_rows_samples_do_not_depend_on_the_other_rows(params):
+  """Row r draws from fold_in(rng, r): the same prompt in the same row gives the same sample whatever
+  the rows beside it, and a grouping of the batch changes nothing either."""
+  kwargs = dict(max_new_tokens=30, temperature=1.0)
+  a = decode.generate(params, CONFIG, [[5, 6], [1]], jax.random.PRNGKey(3), **kwargs)
+  b = decode.generate(params, CONFIG, [[5, 6], [2, 2, 2, 2]], jax.random.PRNGKey(3), **kwargs)
+  c = decode.generate(params, CONFIG, [[5, 6], [1]], jax.random.PRNGKey(3), rows_per_group=1, **kwargs)
+  assert a.tokens[0].tolist() == b.tokens[0].tolist()
+  np.testing.assert_array_equal(a.tokens, c.tokens)
+  assert a.tokens[1].tolist() != b.tokens[1].tolist()  # the other rows did change
+
+
 def test_ragged_rows_crossing_bucket_boundaries_equal_the_naive_loop(params):
-  """Buckets of 16, 32, 64, 96 slots: the rows (3, 14 and 7 prompt tokens) reach each boundary at
-  different steps of the same chunks, and every row still equals the full forward run token by token."""
+  """Buckets of 8, 12, 16, 24, 32, 48, 64 and 96 slots: the rows (3, 14 and 7 prompt tokens) reach each
+  boundary at different steps of the same chunks, and every row still equals the full forward run token
+  by token."""
   prompts = RAGGED
   out = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), max_new_tokens=70,
                         temperature=0.0, bucket_size=8)
@@ -100,22 +155,23 @@ def compiled_programs():
 
 def test_compiled_programs_are_bounded_whatever_max_new_tokens(params):
   """The documented bound: at most 1 (prefill) + 2 per bucket (grow into it, decode in it) + 1 (slide)
-  programs per call, and a longer request with the same prompt shape reuses the shorter one's."""
+  programs per call (on one device; row groups add at most one split per bucket), and a longer request
+  with the same prompt shape reuses the shorter one's."""
   for program in decode.PROGRAMS:
     program.clear_cache()
-  buckets = decode.cache_buckets(CONFIG.block_size, 8)
-  assert buckets == (8, 16, 32, 64, 96)
+  buckets = decode.cache_buckets(CONFIG.block_size, 16)
+  assert buckets == (16, 24, 32, 48, 64, 96)
   bound = 1 + 2 * len(buckets) + 1
   counts = []
   for n in (10, 100, 1000):  # 100 and 1000 go past the 96 positions: rows slide 1 and about 20 times
     out = decode.generate(params, CONFIG, RAGGED, jax.random.PRNGKey(0), max_new_tokens=n, temperature=0.0,
-                          bucket_size=8)
+                          bucket_size=16)
     assert out.tokens.shape == (3, n) and out.lengths.tolist() == [n] * 3
     counts.append(compiled_programs())
   # 10 tokens after a 14-token prompt reach slot 23: the prefill, decoding in 16, growing to and decoding
-  # in 32 (4 programs); 100 adds growing to and decoding in 64 and 96, and sliding (5 more); 1000 runs
-  # only those again.
-  assert counts == [4, 9, 9], counts
+  # in 24 (4 programs); 100 adds growing to and decoding in 32, 48, 64 and 96, and sliding (9 more);
+  # 1000 runs only those again.
+  assert counts == [4, 13, 13], counts
   assert counts[-1] <= bound
 
 
@@ -304,6 +360,8 @@ def test_stop_tokens_end_rows_independently(params):
     (dict(max_new_tokens=4, real_vocab_size=17), 'real_vocab_size=17'),
     (dict(max_new_tokens=4, real_vocab_size=0), 'real_vocab_size=0'),
     (dict(max_new_tokens=4, top_k=12, real_vocab_size=11), 'top_k=12 .* vocabulary size 11'),
+    (dict(max_new_tokens=4, rows_per_group=0), 'rows_per_group=0'),
+    (dict(max_new_tokens=4, devices=[]), 'devices is empty'),
 ])
 def test_bad_generate_arguments_fail_before_compute(params, kwargs, words):
   for program in decode.PROGRAMS:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 
 import numpy as np
@@ -32,6 +30,7 @@ sys.path.insert(0, ROOT)  # this checkout's gptjax (the runs, started in ROOT wi
 sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 
 from bench_train import run_gptjax  # noqa: E402
+from timing import cpu_name  # noqa: E402
 GPT2 = 'GPT-2 style'
 CONTENDERS = {GPT2: ('configs/shakespeare_char.py', {}),
               'Llama style': ('configs/llama_style_char.py', {})}
@@ -97,15 +96,6 @@ def step_timing(contenders, vocab_size, repeats):
       times.append((time_lib.perf_counter() - t0) / 10)
       entry[1] = state
   return {name: 1e3 * float(np.median(entry[3])) for name, entry in steps.items()}
-
-
-def cpu_name():
-  try:
-    out = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
-    fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
-    return f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} CPUs"
-  except OSError:
-    return platform.processor()
 
 
 def main():

@@ -22,6 +22,7 @@ Run: python -m gptjax.train --config=configs/shakespeare_char.py --workdir=runs/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -606,13 +607,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resto
   chose at start-up) goes into the run record.
   """
   parallel.initialize()
-  with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
+  with _lock_on_process_0(workdir):
     setup = set_up(config, workdir, restore_step)
     try:
       with commit_workdir(setup, workdir, cpu_choices) as checkpointer:  # closing waits for the saves in flight
         return train_loop(setup, build_steps(setup), checkpointer, workdir, progress)
     finally:
       _discard(setup.corpus.staged)
+
+
+@contextlib.contextmanager
+def _lock_on_process_0(workdir: str):
+  """The workdir's lock, taken by process 0, held for the block. Every process learns whether it was
+  taken (a collective) before anything else: where process 0 is refused (a busy workdir, say), it
+  reports why and every other process stops with one line, instead of waiting at the run's first
+  collective until the distributed runtime times out (30 s and a traceback)."""
+  with contextlib.ExitStack() as stack:
+    refused = None
+    if jax.process_index() == 0:
+      try:
+        stack.enter_context(workdir_lib.lock(workdir))
+      except GptjaxError as e:
+        refused = e
+    if parallel.max_over_processes(int(refused is not None)):
+      if refused is not None:
+        raise refused
+      raise GptjaxError(f'process 0 could not take the lock of {workdir} (its error says why); '
+                        'this process stops too')
+    yield
 
 
 def main():

@@ -186,3 +186,24 @@ def test_sigterm_to_one_process_stops_all_at_one_step_then_resume_matches(tmp_pa
   assert f'resuming from step {stopped_at}' in resumed[0][1]
   # The same layout and the same calls as the uninterrupted run: bit for bit.
   assert losses(workdir) == losses(reference)
+
+
+def test_a_busy_workdir_stops_every_process_with_one_line(tmp_path):
+  """Process 0 takes the workdir's lock; where another run holds it, process 0 names that run and
+  process 1 says process 0 was refused, each in one stderr line with exit 2, within seconds (before,
+  process 1 waited at the first collective for the 30 s timeout and ended in a traceback). Nothing
+  is written to the workdir."""
+  workdir = str(tmp_path / 'run')
+  with workdir_lib.lock(workdir) as holder:
+    before = sorted(os.listdir(workdir))
+    t0 = time.time()
+    results = finish(start(workdir, 'pmap', two_process_envs('jax')), timeout=120)
+    took = time.time() - t0
+    assert sorted(os.listdir(workdir)) == before
+  (code0, _, err0), (code1, _, err1) = results
+  assert (code0, code1) == (2, 2), results
+  assert err0.strip().splitlines() == [err0.strip()] and err0.startswith(f'error: workdir {workdir} is in use')
+  assert f"pid {holder['pid']}" in err0
+  assert err1.strip() == (f'error: process 0 could not take the lock of {workdir} (its error says why); '
+                          'this process stops too')
+  assert took < 25, took  # well under the runtime's 30 s timeout

@@ -31,8 +31,11 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
+
+jax.config.update('jax_num_cpu_devices', max(2, len(os.sched_getaffinity(0))))  # for the all-reduce below
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh, PartitionSpec  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import cpu_name, cpu_seconds  # noqa: E402
@@ -89,6 +92,26 @@ def dense_floor(params, config, repeats, clock):
   nbytes = sum(p[a][b]['kernel'].nbytes for p in layers for a, b in
                (('attn', 'c_attn'), ('attn', 'c_proj'), ('mlp', 'c_fc'), ('mlp', 'c_proj'))) + head.nbytes
   return float(np.median(times)) / STEPS, nbytes
+
+
+def all_reduce_seconds(width, repeats, clock, rounds=256):
+  """Seconds of one all-reduce (psum) of a [1, width] float32 vector between two XLA CPU devices,
+  in a compiled loop: what splitting a batch-1 step's matmuls over two cores would pay per layer, twice."""
+  mesh = Mesh(np.array(jax.devices()[:2]), ('t',))
+
+  def body(x):
+    return jax.lax.fori_loop(0, rounds, lambda i, x: jax.lax.psum(x * 0.5, 't'), x)
+
+  run = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(),
+                              check_vma=False), compiler_options=decode.CPU_DECODE_OPTIONS)
+  x = jnp.ones((1, width), jnp.float32)
+  jax.block_until_ready(run(x))
+  times = []
+  for _ in range(repeats):
+    t0 = clock()
+    jax.block_until_ready(run(x))
+    times.append(clock() - t0)
+  return float(np.median(times)) / rounds
 
 
 def step_cost(config, batch, cache_len):
@@ -223,6 +246,9 @@ def main():
   floor, weight_bytes = dense_floor(params, config, args.repeats, clock)
   print(f'\nthe dense matmuls alone, batch 1 ({weight_bytes / 1e6:.2f} MB of weights read once per token): '
         f'{floor * 1e6:.1f} us per step, {weight_bytes / floor / 1e9:.0f} GB/s')
+  reduce = all_reduce_seconds(config.n_embd, args.repeats, clock)
+  print(f'an all-reduce of one token\'s activations ([1, {config.n_embd}] float32) between two XLA CPU devices: '
+        f'{reduce * 1e6:.1f} us')
   print('\nthe step against its arithmetic and its memory traffic (us per token-step):')
   print(f'| batch | cache slots | sampling | step us | MFLOP | at {peak:.0f} GFLOP/s, us | MB read (weights + cache) '
         '| GB/s that makes | thunks |')

@@ -312,6 +312,38 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
   assert keep(0.01) == [False, True, False, False, False]  # the top token always stays
 
 
+def test_top_k_and_top_p_masks_equal_their_sorting_definitions():
+  """The bisection filters keep exactly what sorting keeps, over seeded random rows: top-k keeps the
+  logits >= the k-th largest (ties included; -0.0 equals 0.0; -inf padding stays out), top-p keeps a
+  token iff the tokens sorted before it hold less than p. Top-p cases where p falls within 1e-5 of a
+  cumulative sum are skipped: there the two float32 summation orders may round to either side."""
+  rng = np.random.default_rng(0)
+  top_k, top_p = jax.jit(decode.top_k_mask), jax.jit(decode.top_p_mask)  # k and p traced: one compile per shape
+  checked_p = 0
+  for trial in range(60):
+    vocab = (7, 64, 199)[trial % 3]
+    x = (rng.normal(size=(3, vocab)) * rng.uniform(0.1, 5)).astype(np.float32)
+    if trial % 2:
+      x = np.round(x)  # ties, and -0.0 next to 0.0
+    if trial % 5 == 0:
+      x[:, :vocab // 3] = -np.inf
+    k = int(rng.integers(1, vocab + 1))
+    kth = np.sort(x, axis=-1)[:, vocab - k:vocab - k + 1]
+    np.testing.assert_array_equal(np.isfinite(top_k(jnp.asarray(x), k)), (x >= kth) & np.isfinite(x))
+    if trial % 2 == 0:  # no ties: "sorted before it" is well defined
+      p = float(rng.uniform(0.01, 1.0))
+      probs = np.asarray(jax.nn.softmax(jnp.asarray(x), axis=-1))
+      order = np.argsort(-probs, axis=-1, kind='stable')
+      cumulative = np.cumsum(np.take_along_axis(probs, order, axis=-1), axis=-1)
+      if np.abs(cumulative - p).min() < 1e-5:
+        continue
+      want = np.zeros_like(x, bool)
+      np.put_along_axis(want, order, cumulative - np.take_along_axis(probs, order, axis=-1) < p, axis=-1)
+      np.testing.assert_array_equal(np.isfinite(top_p(jnp.asarray(x), p)), want & np.isfinite(x))
+      checked_p += 1
+  assert checked_p >= 20
+
+
 def test_top_p_sampling_never_leaves_the_nucleus():
   logits = jnp.log(jnp.tile(jnp.array([[0.05, 0.4, 0.1, 0.3, 0.15]]), (2000, 1)))
   tokens = decode.sample_logits(jax.random.PRNGKey(0), logits, decode.Sampling(1.0, 0, 0.6))

@@ -35,8 +35,8 @@ last block_size tokens first, as nanoGPT's sampler does.
 
 Compiled programs: one generate() call compiles at most 1 (prefill) + 2 per bucket it reaches
 (growing into it, decoding in it) + 1 (sliding) programs, whatever max_new_tokens is, plus one per
-bucket where row groups split, for each device that runs groups; calls with the same batch, padded
-prompt length (a power of two) and settings reuse them. Sampling strategies
+bucket where row groups split; with groups on several devices, each device compiles its own copies.
+Calls with the same batch, padded prompt length (a power of two) and settings reuse them. Sampling strategies
 are small pure functions of (rng, logits). Nothing is stored between calls.
 """
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import cpu_name  # noqa: E402
+from timing import cpu_name, median_seconds  # noqa: E402
 
 from gptjax import decode  # noqa: E402
 
@@ -45,13 +44,7 @@ def per_call(fn, logits, repeats):
   loop = jax.jit(lambda x: jax.lax.fori_loop(
       0, ROUNDS, lambda i, acc: acc + 1e-9 * jnp.isfinite(fn(x + acc)).sum(-1, keepdims=True), jnp.zeros(
           (x.shape[0], 1))), compiler_options=decode.CPU_DECODE_OPTIONS)
-  jax.block_until_ready(loop(logits))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(loop(logits))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)) / ROUNDS
+  return median_seconds(lambda: jax.block_until_ready(loop(logits)), repeats) / ROUNDS
 
 
 def main():

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh, PartitionSpec  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import cpu_name, cpu_seconds  # noqa: E402
+from timing import cpu_name, cpu_seconds, median_seconds  # noqa: E402
 
 from gptjax import decode, model as M  # noqa: E402
 
@@ -56,13 +56,8 @@ def matmul_gflops(m, k, n, repeats, clock, chain=16):
   a = jax.random.normal(jax.random.PRNGKey(0), (chain, m, k), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (k, n), jnp.float32)
   run = jax.jit(lambda a, b: sum(jnp.dot(a[i], b) for i in range(chain)), compiler_options=decode.CPU_DECODE_OPTIONS)
-  jax.block_until_ready(run(a, b))
-  times = []
-  for _ in range(repeats):
-    t0 = clock()
-    jax.block_until_ready(run(a, b))
-    times.append(clock() - t0)
-  return 2 * m * k * n * chain / float(np.median(times)) / 1e9
+  seconds = median_seconds(lambda: jax.block_until_ready(run(a, b)), repeats, clock)
+  return 2 * m * k * n * chain / seconds / 1e9
 
 
 def dense_floor(params, config, repeats, clock):
@@ -83,15 +78,10 @@ def dense_floor(params, config, repeats, clock):
   run = jax.jit(lambda x: jax.lax.fori_loop(0, STEPS, lambda i, x: step(x), x),
                 compiler_options=decode.CPU_DECODE_OPTIONS)
   x = jnp.ones((1, config.n_embd), jnp.float32)
-  jax.block_until_ready(run(x))
-  times = []
-  for _ in range(repeats):
-    t0 = clock()
-    jax.block_until_ready(run(x))
-    times.append(clock() - t0)
+  seconds = median_seconds(lambda: jax.block_until_ready(run(x)), repeats, clock)
   nbytes = sum(p[a][b]['kernel'].nbytes for p in layers for a, b in
                (('attn', 'c_attn'), ('attn', 'c_proj'), ('mlp', 'c_fc'), ('mlp', 'c_proj'))) + head.nbytes
-  return float(np.median(times)) / STEPS, nbytes
+  return seconds / STEPS, nbytes
 
 
 def all_reduce_seconds(width, repeats, clock, rounds=256):
@@ -105,13 +95,7 @@ def all_reduce_seconds(width, repeats, clock, rounds=256):
   run = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(),
                               check_vma=False), compiler_options=decode.CPU_DECODE_OPTIONS)
   x = jnp.ones((1, width), jnp.float32)
-  jax.block_until_ready(run(x))
-  times = []
-  for _ in range(repeats):
-    t0 = clock()
-    jax.block_until_ready(run(x))
-    times.append(clock() - t0)
-  return float(np.median(times)) / rounds
+  return median_seconds(lambda: jax.block_until_ready(run(x)), repeats, clock) / rounds
 
 
 def step_cost(config, batch, cache_len):

@@ -211,9 +211,9 @@ def _split(keys: jax.Array, sampling: Sampling) -> tuple[jax.Array, jax.Array]:
 def sample_rows(keys: jax.Array, logits: jax.Array, sampling: Sampling) -> jax.Array:
   """sample_logits with one key per row: keys [batch], logits [batch, vocab] -> [batch] int32. The
   filters run on the whole batch; only the draws are per row."""
-  logits = filtered_logits(logits, sampling)
   if sampling.temperature == 0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return sample_logits(keys, logits, sampling)  # greedy: no key is used
+  logits = filtered_logits(logits, sampling)
   return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, logits).astype(jnp.int32)
 
 
@@ -418,7 +418,6 @@ class _Rows:
   params: dict
   ids: np.ndarray  # [rows] each row's index in the (padded) request: picks its key, places its output
   pos: np.ndarray  # [rows] each row's next slot, tracked on the host: +1 per step, any token
-  device: jax.Device | None  # None: wherever params are (a single group)
   state: DecodeState = None
   context: jax.Array = None
   cache_len: int = 0
@@ -475,7 +474,7 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
   groups = groups_at(first_len)
   rows = prompts.shape[0] // groups
   placed = {}  # device -> params there
-  runs = []
+  runs, firsts = [], []
   for g in range(groups):
     device = devices[g % len(devices)] if groups > 1 else None
     if device is not None and device not in placed:
@@ -483,32 +482,32 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
     part = slice(g * rows, (g + 1) * rows)
     put = (lambda x: x) if device is None else functools.partial(jax.device_put, device=device)
     run = _Rows(params=placed.get(device, params), ids=np.arange(part.start, part.stop, dtype=np.int32),
-                pos=lengths[part].astype(np.int64), device=device, cache_len=first_len)
+                pos=lengths[part].astype(np.int64), cache_len=first_len)
     run.state, run.context, first = _start(
         run.params, put(prompts[part]), put(lengths[part]), put(rng), put(run.ids), config=config,
         cache_len=first_len, sampling=sampling, stop_tokens=stop_tokens)
-    run.chunks.append((first[None], 1, slice(0, rows)))
     runs.append(run)
+    firsts.append(first)
   # A first token is the state's token too, which the first chunk takes over (donated): copy them out.
-  firsts = jax.device_get([run.chunks[0][0] for run in runs])
-  for run, first in zip(runs, firsts):
-    run.chunks[0] = (first, 1, run.chunks[0][2])
+  for run, first in zip(runs, jax.device_get(firsts)):
+    run.chunks.append((first[None], 1, slice(0, rows)))
 
   # Each group's chunks, dispatched without waiting on any device: groups on different devices run at
   # the same time. The plan depends on the prompt lengths alone (rows advance one slot per step).
+  chunk = _chunk_program()
   made = 1
   while made < n_new:
     for run in runs:
       _slide_full_rows(run, config=config, keep=int(keep))
-    need = bucket_for(buckets, int(max(run.pos.max() for run in runs)) + 1)
+    furthest = int(max(run.pos.max() for run in runs))
+    need = bucket_for(buckets, furthest + 1)
     if need > runs[0].cache_len:  # never cut: after a slide the rows soon need the top bucket again
       for run in runs:
         run.cache_len = need
         run.state = _grow(run.state, cache_len=need)
       while len(runs) < groups_at(need):
         runs = [half for run in runs for half in _halve(run)]
-    steps = min(n_new - made, runs[0].cache_len - int(max(run.pos.max() for run in runs)))
-    chunk = _chunk_program()
+    steps = min(n_new - made, runs[0].cache_len - furthest)
     for run in runs:
       run.state, run.context, tokens = chunk(run.params, run.state, run.context, np.int32(steps), config=config,
                                              sampling=sampling, stop_tokens=stop_tokens)

@@ -57,8 +57,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 POSITIONS = [64, 128, 256, 512, 1024]
 STEPS = 64  # decode steps timed at each position
 # Seconds of rest before each timed call: right after a PyTorch call its OpenMP workers still spin on
-# the other core (gptjax at batch 1 measured 13,754 tokens/s right after HF generate, 16,424 after a
-# 0.5 s pause, on the 2-core AMD EPYC).
+# the other core (gptjax at batch 1: 14,981 tokens/s right after HF generate, 17,522 after a 0.5 s
+# pause, on the 2-core AMD EPYC; experiments/decode_checks.py).
 PAUSE = 0.5
 
 

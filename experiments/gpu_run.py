@@ -68,6 +68,9 @@ def parse_args(argv=None):
                       "batch or grad_accum_steps (e.g. 'attention_impl=einsum;remat=full;batch=32'); '' for none")
   p.add_argument('--variant_steps', type=int, default=100)
   p.add_argument('--skip_check', action='store_true')
+  p.add_argument('--ceiling_size', type=int, default=0,
+                 help='side of the square matmuls that measure the ceiling (default 8192 on an accelerator, '
+                      '512 on a CPU); -1 to skip')
   p.add_argument('--json', default='', help='also write every figure to this JSON file')
   p.add_argument('--check_layers', type=int, default=2,
                  help='layers of the model the attention check runs (same width, heads and seq; each layer '
@@ -169,6 +172,29 @@ def check_attention(config: GPTConfig, impl: str, seq: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# The measured ceiling
+
+
+def matmul_ceiling(size: int, dtype: str, chain: int = 10, repeats: int = 5) -> float:
+  """FLOP/s of `chain` [size, size] x [size, size] products (one batched matmul) in `dtype` (float32
+  accumulation) inside one jit call, median of `repeats` calls after a warm-up: what the device's
+  matrix units reach through XLA, the practical ceiling MFU is read against (the table's peak is
+  the datasheet's)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (chain, size, size), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32).astype(dtype)
+
+  # Whole products written out: a slice of the result would let XLA compute only that slice.
+  run = jax.jit(lambda a, b: jnp.einsum('cmk,kn->cmn', a, b, preferred_element_type=jnp.float32).astype(dtype))
+  run(a, b).block_until_ready()
+  seconds = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    run(a, b).block_until_ready()
+    seconds.append(time.perf_counter() - t0)
+  return 2 * chain * size ** 3 / float(np.median(seconds))
+
+
+# ---------------------------------------------------------------------------------------------
 # Training throughput
 
 
@@ -202,20 +228,22 @@ def time_training(config: GPTConfig, args, steps: int, label: str) -> dict:
   state, out = compiled(state, batches[0])  # warm-up call
   float(out['loss'][-1])
   calls = max(1, steps // k)
-  losses = []
-  t0 = time.perf_counter()
+  losses, call_seconds = [], []
   for i in range(calls):
+    t0 = time.perf_counter()
     state, out = compiled(state, batches[(i + 1) % 2])
     losses.append(float(out['loss'][-1]))  # waits for the call
-  seconds = time.perf_counter() - t0
-  tokens = calls * k * args.batch * args.seq
+    call_seconds.append(time.perf_counter() - t0)
+  seconds = float(np.median(call_seconds))  # the median call of `k` steps
   peak = hardware.total_peak_flops(devices, config.dtype)
-  result = metrics.throughput(tokens, seconds, calls * k, config, args.seq, peak)
+  result = metrics.throughput(k * args.batch * args.seq, seconds, k, config, args.seq, peak)
   result.update(label=label, attention=config.attention_impl, remat=config.remat, dtype=config.dtype,
                 batch=args.batch, compile_s=compile_s, step_bytes=step_bytes, loss=losses[-1],
+                calls=calls, steps_per_call=k, call_seconds=call_seconds,
                 peak_memory=[hardware.peak_memory_bytes(d) for d in devices[:8]])
   mfu = 'null (no known peak)' if result['mfu'] is None else f'{100 * result["mfu"]:.1f}%'
-  print(f'{label}: {calls * k} steps in {seconds:.2f} s after a {compile_s:.1f} s compile: '
+  print(f'{label}: {calls} calls of {k} steps in {sum(call_seconds):.2f} s after a {compile_s:.1f} s compile; '
+        f'median call (min, max {min(call_seconds) / k * 1e3:.1f}, {max(call_seconds) / k * 1e3:.1f} ms/step): '
         f'{result["ms_per_step"]:.1f} ms/step, {result["tokens_per_sec"]:,.0f} tokens/s, MFU {mfu}, '
         f'compiled step {gib(step_bytes)}/device, allocator peak so far {", ".join(map(gib, result["peak_memory"]))}; '
         f'last loss {losses[-1]:.3f}', flush=True)
@@ -246,30 +274,48 @@ def main(argv=None):
         f'{n / 1e6:.1f}M parameters; {args.batch} x {args.seq} tokens a step, {args.dtype}, remat '
         f'{args.remat}; {metrics.flops_per_token(config, args.seq) / 1e6:.0f} MFLOP a token (6N + 12 L T d)')
 
+  ceiling = None
+  size = args.ceiling_size or (512 if jax.default_backend() == 'cpu' else 8192)
+  if size > 0:
+    ceiling = matmul_ceiling(size, args.dtype)
+    peak = found[1].bfloat16 if found and args.dtype == 'bfloat16' else found[1].float32 if found else None
+    print(f'ceiling: {size}^3 {args.dtype} matmuls through XLA run at {ceiling / 1e12:.1f} TFLOP/s'
+          + (f', {100 * ceiling / peak:.0f}% of the table\'s peak' if peak else ''))
+
   check_ok = None
   if not args.skip_check:
     # On a CPU there is no cuDNN: the same comparison then runs the 'xla' implementation.
     check_ok = check_attention(dataclasses.replace(config, n_layer=min(config.n_layer, args.check_layers)),
                                impl if impl != 'einsum' else 'xla', args.seq)
 
+  def save(runs):
+    if args.json:  # after every run, so a run stopped at its time limit still leaves what it measured
+      with open(args.json, 'w', encoding='utf-8') as f:
+        json.dump({'device_kind': kind, 'devices': len(devices), 'jax': jax.__version__, 'args': vars(args),
+                   'attention_check': check_ok, 'matmul_ceiling_flops': ceiling, 'runs': runs}, f, indent=1)
+
   print('\n== training ==')
-  runs = [time_training(config, args, args.steps, 'main')]
+  runs = []
+  save(runs)
+  runs.append(time_training(config, args, args.steps, 'main'))
+  save(runs)
   for spec in filter(None, args.variants.split(';')):
-    overrides = dict(kv.split('=', 1) for kv in spec.split(','))
-    run_args = argparse.Namespace(**{**vars(args), **{k: int(v) for k, v in overrides.items()
-                                                       if k in ('batch', 'grad_accum_steps')}})
-    variant = dataclasses.replace(config, **{k: v for k, v in overrides.items()
-                                             if k not in ('batch', 'grad_accum_steps')})
-    if variant == config and run_args == args:
-      continue  # the main run already (e.g. einsum where cuDNN cannot run)
-    try:
+    try:  # one variant failing (a bad override, out of memory) leaves the others' figures
+      overrides = dict(kv.split('=', 1) for kv in spec.split(','))
+      run_args = argparse.Namespace(**{**vars(args), **{k: int(v) for k, v in overrides.items()
+                                                         if k in ('batch', 'grad_accum_steps')}})
+      variant = dataclasses.replace(config, **{k: v for k, v in overrides.items()
+                                               if k not in ('batch', 'grad_accum_steps')})
+      if variant == config and run_args == args:
+        continue  # the main run already (e.g. einsum where cuDNN cannot run)
       attention.check(variant)
       runs.append(time_training(variant, run_args, args.variant_steps, spec))
-    except Exception as e:  # one variant failing (e.g. out of memory) leaves the others' figures
+      save(runs)
+    except Exception as e:
       print(f'{spec}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}', flush=True)
 
   print(f'\n{len(devices)} x {kind}; GPT {args.n_layer}x{args.n_head}x{args.n_embd}, vocab {args.vocab}, '
-        f'{args.seq} tokens a row; each figure is one timed window of consecutive steps after a warm-up call')
+        f'{args.seq} tokens a row; each figure is the median of the timed calls (each --steps_per_call steps, waited for) after a warm-up call')
   print('| run | attention | remat | dtype | batch | ms/step | tokens/s | MFU | compiled step / device | '
         'allocator peak so far / device |')
   print('|---|---|---|---|---|---|---|---|---|---|')
@@ -280,10 +326,6 @@ def main(argv=None):
           f'{gib(r["peak_memory"][0])} |')
   if check_ok is not None:
     print(f'attention check: {"PASS" if check_ok else "FAIL"}')
-  if args.json:
-    with open(args.json, 'w', encoding='utf-8') as f:
-      json.dump({'device_kind': kind, 'devices': len(devices), 'jax': jax.__version__, 'args': vars(args),
-                 'attention_check': check_ok, 'runs': runs}, f, indent=1)
   return 0 if check_ok in (None, True) else 1
 
 

@@ -64,7 +64,7 @@ class NanoGPT(nn.Module):
         torch.nn.init.normal_(p, mean=0.0, std=std)
 
   def forward(self, idx, targets=None):
-    x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+    x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
     for block in self.h:
       x = block(x)
     logits = self.lm_head(self.ln_f(x))

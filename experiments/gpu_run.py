@@ -32,7 +32,9 @@ import functools
 import importlib.metadata
 import json
 import os
+import re
 import sys
+import tempfile
 import time
 import types
 
@@ -68,6 +70,11 @@ def parse_args(argv=None):
                       "batch or grad_accum_steps (e.g. 'attention_impl=einsum;remat=full;batch=32'); '' for none")
   p.add_argument('--variant_steps', type=int, default=100)
   p.add_argument('--skip_check', action='store_true')
+  p.add_argument('--profile_calls', type=int, default=0,
+                 help="after the main run's timing, trace this many more calls with jax.profiler and print "
+                      'where the device time goes (kernels by name and by kind)')
+  p.add_argument('--tie_embeddings', type=int, default=1,
+                 help="1: the LM head is wte read backwards, as in GPT-2 small (124M) and nanoGPT; 0: a separate head")
   p.add_argument('--ceiling_size', type=int, default=0,
                  help='side of the square matmuls that measure the ceiling (default 8192 on an accelerator, '
                       '512 on a CPU); -1 to skip')
@@ -204,7 +211,66 @@ def _optimizer(lr):
   return train_lib.make_optimizer(tc)[0]  # the run's AdamW + clipping + schedule
 
 
-def time_training(config: GPTConfig, args, steps: int, label: str) -> dict:
+CATEGORIES = (  # kernel (or HLO op) name -> what it does; the first pattern that matches wins
+    ('attention (cuDNN)', r'cudnn|fmha|flash|sdpa'),
+    ('matmul', r'gemm|cublas|cutlass|nvjet|xmma|gmma|\bdot|_dot|triton_gemm|matmul|ynn'),  # ynn: XLA:CPU's dots
+    ('scatter / gather', r'scatter|gather|dynamic.update.slice|dynamic.slice'),
+    ('copy / transpose', r'copy|transpose|memcpy|memset'),
+    ('reduction fusion', r'reduce|reduction|input_'),
+    ('elementwise fusion', r'fusion|loop_|convert|add|multiply|select'),
+)
+
+
+def kernel_breakdown(trace_dir: str, steps: int, top: int = 25) -> dict:
+  """Device time per training step from a jax.profiler trace: every kernel (GPU) or XLA op (CPU)
+  summed by name and by CATEGORIES, against the wall time the device was busy. Printed as two
+  tables; returned as a dict for the JSON."""
+  import glob
+  paths = sorted(glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True))
+  if not paths:
+    print(f'profile: no trace written under {trace_dir}')
+    return {}
+  data = jax.profiler.ProfileData.from_file(paths[-1])
+  devices = [pl for pl in data.planes if pl.name.startswith(('/device:GPU', '/device:TPU'))]
+  by_name: dict[str, list] = {}
+  first, last = float('inf'), 0.0
+  for plane in devices or [pl for pl in data.planes if pl.name == '/host:CPU']:
+    for line in plane.lines:
+      if devices and line.name.startswith('XLA'):  # derived lines repeat the streams' kernels
+        continue
+      for event in line.events:
+        stats = dict(event.stats)
+        if not devices and 'hlo_op' not in stats:
+          continue  # on the host: only events that are XLA ops
+        op = str(stats.get('hlo_op', ''))
+        entry = by_name.setdefault(event.name, [0.0, 0, op])
+        entry[0] += event.duration_ns
+        entry[1] += 1
+        first, last = min(first, event.start_ns), max(last, event.start_ns + event.duration_ns)
+  busy = sum(v[0] for v in by_name.values())
+  span = max(last - first, 1.0)
+  categories: dict[str, float] = {}
+  for name, (ns, _, op) in by_name.items():
+    what = next((c for c, pattern in CATEGORIES if re.search(pattern, f'{name} {op}', re.I)), 'other')
+    categories[what] = categories.get(what, 0.0) + ns
+  ms = lambda ns: ns / steps / 1e6
+  print(f'\n== where a step\'s device time goes ({steps} profiled steps; kernels summed per step) ==')
+  print(f'kernels busy {ms(busy):.2f} ms/step of {ms(span):.2f} ms/step from the first kernel to the last '
+        f'({100 * busy / span:.0f}%; the rest is gaps between kernels, or overlap where streams run side by side)')
+  print('| category | ms/step | share of kernel time |\n|---|---|---|')
+  for what, ns in sorted(categories.items(), key=lambda kv: -kv[1]):
+    print(f'| {what} | {ms(ns):.2f} | {100 * ns / max(busy, 1):.1f}% |')
+  print(f'| kernel (top {top}) | HLO op | launches/step | ms/step | share |\n|---|---|---|---|---|')
+  ranked = sorted(by_name.items(), key=lambda kv: -kv[1][0])
+  for name, (ns, count, op) in ranked[:top]:
+    print(f'| {name[:90]} | {op[:40]} | {count / steps:.1f} | {ms(ns):.3f} | {100 * ns / max(busy, 1):.1f}% |')
+  return {'steps': steps, 'busy_ms_per_step': ms(busy), 'span_ms_per_step': ms(span),
+          'categories_ms_per_step': {k: ms(v) for k, v in categories.items()},
+          'top': [{'kernel': n, 'hlo_op': op, 'per_step': c / steps, 'ms_per_step': ms(ns)}
+                  for n, (ns, c, op) in ranked[:top]]}
+
+
+def time_training(config: GPTConfig, args, steps: int, label: str, profile_calls: int = 0) -> dict:
   devices = jax.devices()
   mesh = Mesh(np.asarray(devices), ('data',))
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -234,12 +300,24 @@ def time_training(config: GPTConfig, args, steps: int, label: str) -> dict:
     state, out = compiled(state, batches[(i + 1) % 2])
     losses.append(float(out['loss'][-1]))  # waits for the call
     call_seconds.append(time.perf_counter() - t0)
+  breakdown = None
+  if profile_calls:
+    trace_dir = tempfile.mkdtemp(prefix='gptjax_trace_')
+    try:  # a profiler that cannot run here leaves the timing standing
+      jax.profiler.start_trace(trace_dir)
+      for i in range(profile_calls):
+        state, out = compiled(state, batches[i % 2])
+        float(out['loss'][-1])
+      jax.profiler.stop_trace()
+      breakdown = kernel_breakdown(trace_dir, profile_calls * k)
+    except Exception as e:
+      print(f'profile: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}', flush=True)
   seconds = float(np.median(call_seconds))  # the median call of `k` steps
   peak = hardware.total_peak_flops(devices, config.dtype)
   result = metrics.throughput(k * args.batch * args.seq, seconds, k, config, args.seq, peak)
   result.update(label=label, attention=config.attention_impl, remat=config.remat, dtype=config.dtype,
                 batch=args.batch, compile_s=compile_s, step_bytes=step_bytes, loss=losses[-1],
-                calls=calls, steps_per_call=k, call_seconds=call_seconds,
+                calls=calls, steps_per_call=k, call_seconds=call_seconds, kernels=breakdown,
                 peak_memory=[hardware.peak_memory_bytes(d) for d in devices[:8]])
   mfu = 'null (no known peak)' if result['mfu'] is None else f'{100 * result["mfu"]:.1f}%'
   print(f'{label}: {calls} calls of {k} steps in {sum(call_seconds):.2f} s after a {compile_s:.1f} s compile; '
@@ -261,7 +339,8 @@ def main(argv=None):
                                        f'{found[1].float32 / 1e12:.1f} float32 ({found[1].source})'
                                        if found else 'unknown for this device kind: MFU is null'))
   base = GPTConfig(vocab_size=args.vocab, block_size=args.seq, n_layer=args.n_layer, n_head=args.n_head,
-                   n_embd=args.n_embd, dropout=0.0, bias=True, dtype=args.dtype, remat=args.remat)
+                   n_embd=args.n_embd, dropout=0.0, bias=True, dtype=args.dtype, remat=args.remat,
+                   tie_embeddings=bool(args.tie_embeddings))
   impl = args.attention
   if impl == 'auto':
     problem = attention.cudnn_problem(dataclasses.replace(base, attention_impl='cudnn'))
@@ -297,14 +376,15 @@ def main(argv=None):
   print('\n== training ==')
   runs = []
   save(runs)
-  runs.append(time_training(config, args, args.steps, 'main'))
+  runs.append(time_training(config, args, args.steps, 'main', args.profile_calls))
   save(runs)
   for spec in filter(None, args.variants.split(';')):
     try:  # one variant failing (a bad override, out of memory) leaves the others' figures
       overrides = dict(kv.split('=', 1) for kv in spec.split(','))
       run_args = argparse.Namespace(**{**vars(args), **{k: int(v) for k, v in overrides.items()
                                                          if k in ('batch', 'grad_accum_steps')}})
-      variant = dataclasses.replace(config, **{k: v for k, v in overrides.items()
+      value = lambda v: {'true': True, 'false': False}.get(v.lower(), int(v) if v.isdigit() else v)
+      variant = dataclasses.replace(config, **{k: value(v) for k, v in overrides.items()
                                                if k not in ('batch', 'grad_accum_steps')})
       if variant == config and run_args == args:
         continue  # the main run already (e.g. einsum where cuDNN cannot run)

@@ -16,8 +16,9 @@ cached prefix; see `kv_cache.py`. The model holds no state between calls.
 How it computes (GPTConfig fields that change no parameter, see EXECUTION_FIELDS): `dtype` is the
 activations' and matmuls' dtype ('bfloat16' = mixed precision: parameters stay `param_dtype`, matmuls
 accumulate in float32, LayerNorm/RMSNorm statistics, RoPE and the softmax are float32, and the output
-head returns float32 logits); `remat` rematerializes each block in the backward pass (REMAT_POLICIES);
-`attention_impl` picks `attention` below or jax.nn.dot_product_attention (gptjax/attention.py).
+head returns float32 logits; `float32_einsum` rounds their cotangents back for the backward's
+matmuls); `remat` rematerializes each block in the backward pass (REMAT_POLICIES); `attention_impl`
+picks `attention` below or jax.nn.dot_product_attention (gptjax/attention.py).
 
 The defaults build GPT-2's block. Llama-style options, each a GPTConfig switch that changes nothing
 (parameter names, values or logits) while it is off:
@@ -36,6 +37,7 @@ Every parameter's initializer names its dimensions with logical axes ('vocab', '
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -150,10 +152,52 @@ class GPTConfig:
     return 8 * -(-self.n_embd // 3) if self.mlp == 'swiglu' else 4 * self.n_embd
 
 
+def float32_einsum(spec: str, a, b):
+  """jnp.einsum(spec, a, b) of two lower-precision (bfloat16) operands with float32 products and a
+  float32 result: the logits feed a softmax over the whole vocabulary, the attention scores one over
+  the keys, where bfloat16's 8-bit mantissa would round them by ~0.1. spec is a matmul-like 'A,B->C'
+  (every index of an operand is in the other operand or the result).
+
+  The backward rounds the float32 cotangent to the operands' dtype before its two matmuls (accumulated
+  in float32, returned in each operand's dtype), as autocast does. Left to autodiff, a float32
+  cotangent makes both backward matmuls float32: in GPT-2 small's head on an H200 (experiments/
+  gpu_run.py --profile_calls) they ran as TF32 GEMMs, 8.0 ms of a 39.7 ms step, against 2.2 ms for the
+  forward's bfloat16 one of the same size. Two float32 operands take the plain einsum.
+  """
+  if a.dtype == b.dtype == jnp.float32:
+    return jnp.einsum(spec, a, b)
+  return _low_precision_einsum(spec, a, b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _low_precision_einsum(spec: str, a, b):
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _float32_einsum_fwd(spec, a, b):
+  return _low_precision_einsum(spec, a, b), (a, b)
+
+
+def _float32_einsum_bwd(spec, residuals, g):
+  a, b = residuals
+  inputs, out = spec.replace(' ', '').split('->')
+  in_a, in_b = inputs.split(',')
+  g = g.astype(a.dtype)
+  da = jnp.einsum(f'{out},{in_b}->{in_a}', g, b, preferred_element_type=jnp.float32)
+  db = jnp.einsum(f'{out},{in_a}->{in_b}', g, a, preferred_element_type=jnp.float32)
+  return da.astype(a.dtype), db.astype(b.dtype)
+
+
+_low_precision_einsum.defvjp(_float32_einsum_fwd, _float32_einsum_bwd)
+
+
 def _float32_dot(lhs, rhs, dimension_numbers, precision=None, **kwargs):
-  """lax.dot_general with float32 products and output, for inputs of any (lower) precision."""
-  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                             preferred_element_type=jnp.float32, **kwargs)
+  """The head's dot_general for nn.Dense in lower precision: [tokens, n_embd] @ [n_embd, vocab] through
+  `float32_einsum` (float32 logits, a backward in the compute dtype)."""
+  if dimension_numbers != (((1,), (0,)), ((), ())) or lhs.ndim != 2 or rhs.ndim != 2 or kwargs:
+    raise ValueError(f'the float32 head expects [tokens, n_embd] @ [n_embd, vocab], got {lhs.shape} @ '
+                     f'{rhs.shape} with {dimension_numbers}')
+  return float32_einsum('td,dv->tv', lhs, rhs)
 
 
 def _named(init, *axes):
@@ -216,7 +260,7 @@ def attention(q, k, v, mask, dropout: nn.Module, deterministic: bool):
   # [batch, n_kv, group * seq, head_dim]: each K/V head with all the queries it serves.
   q = q.reshape(batch, seq, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
   q = q.reshape(batch, n_kv, group * seq, head_dim)
-  scores = jnp.einsum('bnqd,bnld->bnql', q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+  scores = float32_einsum('bnqd,bnld->bnql', q, k) / math.sqrt(head_dim)
   scores = scores.reshape(batch, n_kv, group, seq, -1)
   scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
@@ -395,7 +439,7 @@ class GPT(nn.Module):
     if c.tie_embeddings:
       # h E^T, as Embed.attend computes it but accumulated and returned in float32 (see lm_head).
       e = self.wte.embedding.astype(c.dtype)
-      logits = jnp.dot(x.astype(c.dtype), e.T, preferred_element_type=jnp.float32)
+      logits = jnp.dot(x, e.T) if c.dtype == 'float32' else float32_einsum('td,vd->tv', x.astype(c.dtype), e)
       if c.bias and c.head_bias:
         logits = logits + self.b_O.astype(jnp.float32)
     else:

@@ -18,7 +18,7 @@ from gptjax import train as T
 from gptjax.config import get_config
 from gptjax.data import ByteTokenizer
 from gptjax.errors import GptjaxError
-from gptjax.model import GPT, REMAT_POLICIES
+from gptjax.model import GPT, REMAT_POLICIES, float32_einsum
 
 
 def markov_batches(steps, batch, seq, vocab=16, seed=0):
@@ -66,6 +66,45 @@ def test_bfloat16_training_tracks_float32_with_float32_params_logits_and_loss():
   assert len(dots) == TINY.n_layer * 6 + 1  # qkv, 2 attention einsums, c_proj, c_fc, mlp c_proj; head
   assert all(e.invars[0].aval.dtype == jnp.bfloat16 for e in dots)
   assert dots[-1].outvars[0].aval.dtype == jnp.float32  # the head: bfloat16 in, float32 products out
+  # The backward's matmuls take bfloat16 operands too: the float32 cotangents of the logits and the
+  # attention scores are rounded before them (a float32 operand here made the H200 run TF32 GEMMs).
+  grad_fn = lambda p: jax.grad(lambda p: objectives.cross_entropy(
+      GPT(bf16).apply({'params': p}, batches[0, :, :-1]), batches[0, :, 1:])[0])(p)
+  grad_dots = all_dots(jax.make_jaxpr(grad_fn)(params).jaxpr)
+  assert len(grad_dots) >= 3 * len(dots)  # each forward matmul and its two transposes (at least)
+  assert all(v.aval.dtype == jnp.bfloat16 for e in grad_dots for v in e.invars[:2])
+
+
+def test_float32_einsum_returns_float32_and_rounds_only_the_cotangent_in_its_backward():
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  x = jax.random.normal(keys[0], (64, 32), jnp.float32)
+  w = jax.random.normal(keys[1], (32, 48), jnp.float32)
+  g = jax.random.normal(keys[2], (64, 48), jnp.float32)
+  x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  out, vjp = jax.vjp(lambda a, b: float32_einsum('td,dv->tv', a, b), x16, w16)
+  assert out.dtype == jnp.float32
+  # Forward: bfloat16 inputs, exact float32 products and sums (each product of two 8-bit mantissas
+  # is exact in float32, so only the summation order can differ from numpy's float64: < 1e-5).
+  ref = np.asarray(x16, np.float64) @ np.asarray(w16, np.float64)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+  dx, dw = vjp(g)
+  assert dx.dtype == dw.dtype == jnp.bfloat16
+  # Backward: the cotangent rounded to bfloat16, then float32 matmuls rounded once at the end, so
+  # each gradient is within one bfloat16 rounding (2^-8 relative, 2x the half-ulp for the sum's own
+  # rounding) of the float64 product of the rounded operands; a float32 cotangent, bfloat16
+  # accumulation or a wrong transpose is further off (checked below against the unrounded g).
+  g16 = np.asarray(g.astype(jnp.bfloat16), np.float64)
+  for got, want in ((dx, g16 @ np.asarray(w16, np.float64).T), (dw, np.asarray(x16, np.float64).T @ g16)):
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2 ** -8, atol=1e-6)
+  # It is the cotangent that was rounded: against the exact g the error is larger than that bound.
+  exact = np.asarray(g, np.float64) @ np.asarray(w16, np.float64).T
+  assert np.max(np.abs(np.asarray(dx, np.float64) - exact) / np.abs(exact)) > 2 ** -8
+  # Two float32 operands: the plain einsum, bit for bit, forward and backward.
+  out32, vjp32 = jax.vjp(lambda a, b: float32_einsum('td,dv->tv', a, b), x, w)
+  ref32, ref_vjp = jax.vjp(lambda a, b: jnp.einsum('td,dv->tv', a, b), x, w)
+  np.testing.assert_array_equal(np.asarray(out32), np.asarray(ref32))
+  for a, b in zip(vjp32(g), ref_vjp(g)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def all_eqns(jaxpr):

@@ -18,6 +18,9 @@ What it does, in order:
      the table's peak for all devices, the compiled step's memory and the allocator's peak per device;
   5. the same for each --variants run (by default the einsum attention, to show what fusing buys),
      then one table of all runs.
+With --profile_calls=N the main run also traces N more calls with jax.profiler and prints the device
+time per step by kernel and by kind (`kernel_breakdown`). The PyTorch peer on the same machine is
+experiments/gpu_peer_torch.py; the output of both on an H200 is in experiments/gpu_results/.
 
 It imports only gptjax's library modules, which need jax, flax, optax, orbax, numpy, absl and tqdm:
 no ml_collections and no tensorboardX (tests/test_gpu_run.py runs it with both made unimportable).
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import glob
 import importlib.metadata
 import json
 import os
@@ -225,7 +229,6 @@ def kernel_breakdown(trace_dir: str, steps: int, top: int = 25) -> dict:
   """Device time per training step from a jax.profiler trace: every kernel (GPU) or XLA op (CPU)
   summed by name and by CATEGORIES, against the wall time the device was busy. Printed as two
   tables; returned as a dict for the JSON."""
-  import glob
   paths = sorted(glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True))
   if not paths:
     print(f'profile: no trace written under {trace_dir}')

@@ -24,7 +24,8 @@ runpy.run_path({script!r}, run_name='__main__')
 def test_gpu_run_script_needs_neither_ml_collections_nor_tensorboardx(tmp_path):
   script = os.path.join(ROOT, 'experiments', 'gpu_run.py')
   args = ['--steps=5', '--steps_per_call=5', '--n_layer=1', '--n_head=2', '--n_embd=32', '--seq=32', '--batch=4',
-          '--vocab=128', '--variants=', '--check_layers=1', f'--json={tmp_path}/figures.json']
+          '--vocab=128', '--variants=', '--check_layers=1', '--profile_calls=1', '--ceiling_size=64',
+          f'--json={tmp_path}/figures.json']
   proc = subprocess.run([sys.executable, '-c', BLOCKED_RUN.format(script=script), *args], capture_output=True,
                         text=True, cwd=str(tmp_path), env={**os.environ, 'XLA_FLAGS': ''}, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -43,3 +44,12 @@ def test_gpu_run_script_needs_neither_ml_collections_nor_tensorboardx(tmp_path):
   assert figures['attention_check'] is True and figures['device_kind'] == 'cpu'
   (run,) = figures['runs']
   assert run['mfu'] is None and run['tokens_per_sec'] > 0 and run['step_bytes'] > 0
+  assert figures['matmul_ceiling_flops'] > 0
+  # The profile of the main run: the kinds add up to the kernels' busy time, which fits inside the
+  # traced span (one call of 5 steps, XLA:CPU's ops as the 'kernels'), and its matmuls are found.
+  kernels = run['kernels']
+  assert kernels['steps'] == 5
+  assert abs(sum(kernels['categories_ms_per_step'].values()) - kernels['busy_ms_per_step']) < 1e-6
+  assert 0 < kernels['busy_ms_per_step'] <= kernels['span_ms_per_step'] * 2  # two threads may overlap
+  assert kernels['categories_ms_per_step'].get('matmul', 0) > 0
+  assert "== where a step's device time goes (5 profiled steps" in out

@@ -48,11 +48,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from gptjax import attention, decode, hardware, metrics, objectives  # noqa: E402
 from gptjax import kv_cache as kvc  # noqa: E402
 from gptjax import train as train_lib  # noqa: E402
 from gptjax.model import GPT, GPTConfig, count_params, init_params  # noqa: E402
+from timing import median_seconds  # noqa: E402  experiments/timing.py
 
 
 def parse_args(argv=None):
@@ -196,13 +198,7 @@ def matmul_ceiling(size: int, dtype: str, chain: int = 10, repeats: int = 5) -> 
 
   # Whole products written out: a slice of the result would let XLA compute only that slice.
   run = jax.jit(lambda a, b: jnp.einsum('cmk,kn->cmn', a, b, preferred_element_type=jnp.float32).astype(dtype))
-  run(a, b).block_until_ready()
-  seconds = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    run(a, b).block_until_ready()
-    seconds.append(time.perf_counter() - t0)
-  return 2 * chain * size ** 3 / float(np.median(seconds))
+  return 2 * chain * size ** 3 / median_seconds(lambda: run(a, b).block_until_ready(), repeats)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -416,7 +416,7 @@ class _Rows:
   """One group of rows decoding on one device: its inputs there, its state, its host-side plan."""
 
   params: dict
-  ids: np.ndarray  # [rows] each row's index in the (padded) request: picks its key, places its output
+  ids: np.ndarray  # [rows] each row's index in the (padded) batch: places its output
   pos: np.ndarray  # [rows] each row's next slot, tracked on the host: +1 per step, any token
   state: DecodeState = None
   context: jax.Array = None
@@ -430,7 +430,8 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
              lengths=None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              stop_tokens: Sequence[int] = (), pad_id: int = 0, bucket_size: int = 64,
              keep: int | None = None, real_vocab_size: int | None = None,
-             rows_per_group: int | None = None, devices: Sequence[jax.Device] | None = None) -> Generation:
+             rows_per_group: int | None = None, devices: Sequence[jax.Device] | None = None,
+             row_ids=None) -> Generation:
   """Continues each prompt by up to max_new_tokens tokens (any number: past block_size it slides).
 
   prompts: [batch, prompt_len] int array (right-padded, with `lengths` [batch]), or a list of token
@@ -443,7 +444,9 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
   per cache length by `plan_groups`, from the CPU's cache size and the devices); devices: where the
   groups run, in turn (default: the local devices of the default backend, on a CPU at most one per
   core). Rows are independent: greedy, each equals generating that prompt alone; sampled, row r draws
-  from fold_in(rng, r) whatever the batch and the grouping.
+  from fold_in(rng, r) whatever the batch and the grouping. row_ids [batch]: each row's index in a
+  larger request (default 0 .. batch - 1), which its key is folded from in place of r: a request
+  split over several calls then samples exactly what it would as one call.
   """
   prompts, lengths, sampling, stop_tokens = check_request(
       config, prompts, lengths, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id, real_vocab_size)
@@ -458,6 +461,7 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
     raise GptjaxError(f'rows_per_group={rows_per_group} must be an integer >= 1 (or None: chosen from the cache)')
   buckets = cache_buckets(block, int(bucket_size))
   batch, n_new = prompts.shape[0], int(max_new_tokens)
+  key_ids = _check_row_ids(row_ids, batch)
 
   # The prompt is padded to a power of two (so few prefill programs serve all prompt lengths).
   width = min(block, 1 << (prompts.shape[1] - 1).bit_length())
@@ -470,6 +474,7 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
     extra = most * -(-batch // most) - batch
     prompts = np.concatenate([prompts, np.repeat(prompts[-1:], extra, axis=0)])
     lengths = np.concatenate([lengths, np.repeat(lengths[-1:], extra)])
+    key_ids = np.concatenate([key_ids, np.repeat(key_ids[-1:], extra)])
 
   groups = groups_at(first_len)
   rows = prompts.shape[0] // groups
@@ -484,7 +489,7 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
     run = _Rows(params=placed.get(device, params), ids=np.arange(part.start, part.stop, dtype=np.int32),
                 pos=lengths[part].astype(np.int64), cache_len=first_len)
     run.state, run.context, first = _start(
-        run.params, put(prompts[part]), put(lengths[part]), put(rng), put(run.ids), config=config,
+        run.params, put(prompts[part]), put(lengths[part]), put(rng), put(key_ids[part]), config=config,
         cache_len=first_len, sampling=sampling, stop_tokens=stop_tokens)
     runs.append(run)
     firsts.append(first)
@@ -525,6 +530,17 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
   out, length, stopped = out[:batch], length[:batch], stopped[:batch]
   tokens = np.where(np.arange(n_new)[None, :] < length[:, None], out, pad_id).astype(np.int32)
   return Generation(tokens=tokens, lengths=length, stopped=stopped)
+
+
+def _check_row_ids(row_ids, batch: int) -> np.ndarray:
+  """generate's row_ids as [batch] int32 (default 0 .. batch - 1), or GptjaxError saying what is wrong."""
+  if row_ids is None:
+    return np.arange(batch, dtype=np.int32)
+  ids = np.asarray(row_ids)
+  if ids.shape != (batch,) or not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= 2**31:
+    raise GptjaxError(f'row_ids must be {batch} integers in [0, 2^31), one per prompt (each row\'s index in '
+                      f'the whole request); got {ids.dtype}{list(ids.shape)}')
+  return ids.astype(np.int32)
 
 
 def _grouping(params, config: GPTConfig, batch: int, last_len: int, rows_per_group, devices):

@@ -1,6 +1,7 @@
 """Every bad input gets one line `error: ...` (exit status 2, no traceback) and changes nothing in
 an existing workdir."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -172,6 +173,71 @@ def test_sample_fills_the_context_by_default(char_run):
   assert alone.stdout == proc.stdout[3:]
   full = cli('gptjax.sample', f'--workdir={char_run}', '--prompt=' + 'The fox ' * 4)  # 32 characters
   assert_one_line_error(full, 'the prompt (32 tokens) fills the 32 positions')
+
+
+PROMPTS = ['The\\nfox', 'Pack my', 'The quick brown fox jumps over']  # as written in the file: \\n escaped
+
+
+def prompts_file(tmp_path, lines=PROMPTS):
+  path = tmp_path / 'prompts.txt'
+  path.write_text(''.join(line + '\n' for line in lines), encoding='utf-8')
+  return str(path)
+
+
+def jsonl(proc):
+  assert proc.returncode == 0, proc.stderr
+  return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_sample_prompts_file_continues_each_line_as_it_would_alone(char_run, tmp_path):
+  """Three prompts of 7, 7 and 30 characters (the first with an escaped newline), two per compiled
+  call, greedy, no --max_new_tokens: each line's continuation is the one --prompt gives for it alone,
+  and it fills that prompt's own context (32 positions less its length)."""
+  from gptjax import sample as sample_lib
+  proc = cli('gptjax.sample', f'--workdir={char_run}', f'--prompts_file={prompts_file(tmp_path)}',
+             '--temperature=0', '--batch_size=2', '--format=jsonl')
+  records = jsonl(proc)
+  prompts = ['The\nfox', 'Pack my', 'The quick brown fox jumps over']
+  assert [(r['prompt_index'], r['sample_index'], r['prompt']) for r in records] == [
+      (i, 0, p) for i, p in enumerate(prompts)]
+  for r, prompt in zip(records, prompts):
+    [alone] = sample_lib.sample_from_workdir(char_run, prompt, temperature=0.0)
+    assert r['continuation'] == alone and len(alone) == 32 - len(prompt)
+
+
+def test_sample_prompts_file_samples_do_not_depend_on_the_batch_size(char_run, tmp_path):
+  """Sampled (temperature 1, seed 5), two samples of each of three prompts: one row per compiled call
+  and all six in one call print the same; prompt 0's samples are those of --prompt with the same seed
+  (rows 0 and 1 of the request draw from the same keys either way)."""
+  from gptjax import sample as sample_lib
+  args = ('gptjax.sample', f'--workdir={char_run}', f'--prompts_file={prompts_file(tmp_path)}', '--temperature=1',
+          '--seed=5', '--num_samples=2', '--max_new_tokens=12', '--format=jsonl')
+  one_by_one, together = jsonl(cli(*args, '--batch_size=1')), jsonl(cli(*args, '--batch_size=6'))
+  assert one_by_one == together and len(together) == 6
+  assert len({r['continuation'] for r in together}) > 1  # seeded draws, not one text six times
+  alone = sample_lib.sample_from_workdir(char_run, 'The\nfox', temperature=1.0, seed=5, num_samples=2,
+                                         max_new_tokens=12)
+  assert [r['continuation'] for r in together[:2]] == alone
+
+
+PROMPTS_FILE_CASES = {
+    'prompt and prompts_file': (['--prompt=The'], PROMPTS, ['give --prompt=TEXT or --prompts_file=FILE, not both']),
+    'missing prompts file': ([], None, ['cannot read --prompts_file=', 'No such file']),
+    'empty line in prompts file': ([], ['The', '', 'fox'], ['line 2 of', 'is empty']),
+    'unknown character on a line': ([], ['The', 'The \u2713 fox'], ['line 2 of', "not in the tokenizer vocabulary: '\u2713'"]),
+    'batch_size zero': (['--batch_size=0'], PROMPTS, ['batch_size=0 must be >= 1']),
+}
+
+
+@pytest.mark.parametrize('case', sorted(PROMPTS_FILE_CASES))
+def test_bad_prompts_file(case, char_run, tmp_path):
+  args, lines, words = PROMPTS_FILE_CASES[case]
+  path = prompts_file(tmp_path, lines) if lines is not None else str(tmp_path / 'missing.txt')
+  before = tree_digest(char_run)
+  proc = cli('gptjax.sample', f'--workdir={char_run}', f'--prompts_file={path}', *args)
+  assert_one_line_error(proc, *words)
+  assert proc.stdout == ''  # nothing generated before every line is checked
+  assert tree_digest(char_run) == before
 
 
 # ---------------------------------------------------------------------------------------------

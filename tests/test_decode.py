@@ -138,6 +138,19 @@ def test_a_rows_samples_do_not_depend_on_the_other_rows(params):
   assert a.tokens[1].tolist() != b.tokens[1].tolist()  # the other rows did change
 
 
+def test_row_ids_give_a_split_request_the_samples_of_one_call(params):
+  """Rows 1 and 3 of a four-row request, generated alone with row_ids [1, 3], draw what they drew in
+  the whole request (sampled, temperature 1); without row_ids they would be rows 0 and 1."""
+  prompts, kwargs = [[5, 6], [1], [7, 7, 7], [2]], dict(max_new_tokens=20, temperature=1.0)
+  whole = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(4), **kwargs)
+  split = decode.generate(params, CONFIG, [prompts[1], prompts[3]], jax.random.PRNGKey(4), row_ids=[1, 3], **kwargs)
+  plain = decode.generate(params, CONFIG, [prompts[1], prompts[3]], jax.random.PRNGKey(4), **kwargs)
+  np.testing.assert_array_equal(split.tokens, whole.tokens[[1, 3]])
+  assert plain.tokens.tolist() != split.tokens.tolist()
+  with pytest.raises(GptjaxError, match=r'row_ids must be 2 integers in \[0, 2\^31\)'):
+    decode.generate(params, CONFIG, [prompts[1], prompts[3]], jax.random.PRNGKey(4), row_ids=[1, -3], **kwargs)
+
+
 def test_ragged_rows_crossing_bucket_boundaries_equal_the_naive_loop(params):
   """Buckets of 8, 12, 16, 24, 32, 48, 64 and 96 slots: the rows (3, 14 and 7 prompt tokens) reach each
   boundary at different steps of the same chunks, and every row still equals the full forward run token

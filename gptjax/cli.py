@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import re
+import select
 import sys
 import traceback
 import types
@@ -25,6 +26,7 @@ from gptjax.errors import GptjaxError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for "ended by SIGINT"
+EXIT_READER_GONE = 141  # the shell's "ended by SIGPIPE": what `... | head` does to Unix tools
 
 
 def fail(message: str) -> None:
@@ -171,7 +173,8 @@ class _ReportedElsewhere(std_logging.Filter):
 
 def run(main) -> None:
   """Runs main(argv) as a command: parses flags, quiets INFO logs, and ends every failure the user
-  can act on (GptjaxError, an OS error, Ctrl-C) with one line; --debug shows the traceback."""
+  can act on (GptjaxError, an OS error, Ctrl-C) with one line; --debug shows the traceback. A reader
+  of stdout that goes away (`| head`) ends the command quietly, with status 141 as SIGPIPE would."""
   def wrapped(argv):
     if not flags.FLAGS['verbosity'].present:  # orbax and absl log every save at INFO
       logging.set_verbosity(logging.WARNING)
@@ -184,6 +187,11 @@ def run(main) -> None:
         raise
       fail(str(e))
     except OSError as e:  # one the library did not name more precisely
+      if isinstance(e, BrokenPipeError) and not flags.FLAGS.debug and _stdout_reader_gone():
+        # Whoever read stdout has stopped (`gptjax.sample ... | head`): stop quietly, as Unix tools
+        # do, with stdout on /dev/null so that Python's flush at exit cannot fail on it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_READER_GONE)
       if flags.FLAGS.debug:
         raise
       where = f'{e.filename}: ' if e.filename else ''
@@ -194,6 +202,16 @@ def run(main) -> None:
       print('interrupted', file=sys.stderr)
       sys.exit(EXIT_INTERRUPTED)
   app.run(wrapped, flags_parser=parse_flags)
+
+
+def _stdout_reader_gone() -> bool:
+  """True if stdout is a pipe or socket whose reading end has closed."""
+  try:
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+  except (AttributeError, OSError, ValueError):  # no poll here, or stdout is not a file
+    return False
 
 
 def unescape(text: str) -> str:

@@ -220,6 +220,18 @@ def test_sample_prompts_file_samples_do_not_depend_on_the_batch_size(char_run, t
   assert [r['continuation'] for r in together[:2]] == alone
 
 
+def test_sample_stops_quietly_when_its_reader_goes_away(char_run, tmp_path):
+  """`gptjax.sample ... | head`: stdout's reader closes before the first sample is printed. The
+  command ends with the shell's SIGPIPE status (141) and nothing on stderr, no traceback, no error line."""
+  proc = subprocess.Popen([sys.executable, '-m', 'gptjax.sample', f'--workdir={char_run}',
+                           f'--prompts_file={prompts_file(tmp_path)}', '--max_new_tokens=4', '--batch_size=1'],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                          env={**os.environ, 'XLA_FLAGS': ''})
+  proc.stdout.close()  # the reader is gone before anything is written
+  _, err = proc.communicate(timeout=300)
+  assert (proc.returncode, err.decode()) == (141, '')
+
+
 PROMPTS_FILE_CASES = {
     'prompt and prompts_file': (['--prompt=The'], PROMPTS, ['give --prompt=TEXT or --prompts_file=FILE, not both']),
     'missing prompts file': ([], None, ['cannot read --prompts_file=', 'No such file']),

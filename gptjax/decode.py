@@ -171,8 +171,9 @@ class DecodeState:
   cache: kvc.KVCache  # keys/values so far; cache.pos is each row's next position
   token: jax.Array  # [batch] int32: the last sampled token, fed to the next step
   rng: jax.Array  # [batch] keys, one per row: a row's draws do not depend on the rows beside it
-  done: jax.Array  # [batch] bool: row has hit a stop token
-  length: jax.Array  # [batch] int32: tokens generated before the stop
+  done: jax.Array  # [batch] bool: row has hit a stop token or completed a stop sequence
+  length: jax.Array  # [batch] int32: tokens generated before the stop (a stop sequence's own excluded)
+  recent: jax.Array  # [batch, longest stop sequence - 1] int32: the row's last tokens (-1 before any)
 
 
 @flax.struct.dataclass
@@ -193,10 +194,40 @@ def prefill(params, config: GPTConfig, prompts: jax.Array, lengths: jax.Array, c
   return last, cache.replace(pos=lengths.astype(jnp.int32))
 
 
-def _is_stop(tokens: jax.Array, stop_tokens: tuple[int, ...]) -> jax.Array:
-  if not stop_tokens:
+def _stop_parts(stop_tokens: tuple) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+  """stop_tokens as the compiled pieces take it, each entry a token id or a tuple of ids (a stop
+  sequence), split into (single ids, sequences of two or more ids)."""
+  singles = tuple(int(t) for t in stop_tokens if not isinstance(t, tuple))
+  singles += tuple(t[0] for t in stop_tokens if isinstance(t, tuple) and len(t) == 1)
+  return singles, tuple(t for t in stop_tokens if isinstance(t, tuple) and len(t) > 1)
+
+
+def _is_stop(tokens: jax.Array, stop_tokens: tuple) -> jax.Array:
+  """[batch] bool: the token is one of the single stop ids."""
+  singles, _ = _stop_parts(stop_tokens)
+  if not singles:
     return jnp.zeros(tokens.shape, bool)
-  return jnp.isin(tokens, jnp.asarray(stop_tokens, jnp.int32))
+  return jnp.isin(tokens, jnp.asarray(singles, jnp.int32))
+
+
+def _recent_width(stop_tokens: tuple) -> int:
+  """How many of a row's last tokens the stop sequences need besides the new one."""
+  return max((len(seq) - 1 for seq in _stop_parts(stop_tokens)[1]), default=0)
+
+
+def _completed_sequence(recent: jax.Array, token: jax.Array, stop_tokens: tuple) -> jax.Array:
+  """[batch] int32: the length of the longest stop sequence that recent [batch, width] followed by
+  token [batch] ends with (the one that starts first in the text), 0 where none does."""
+  longest = jnp.zeros(token.shape, jnp.int32)
+  for seq in _stop_parts(stop_tokens)[1]:
+    before = recent[:, recent.shape[1] - (len(seq) - 1):]
+    hit = jnp.all(before == jnp.asarray(seq[:-1], jnp.int32), axis=1) & (token == seq[-1])
+    longest = jnp.maximum(longest, jnp.where(hit, len(seq), 0))
+  return longest
+
+
+def _push(recent: jax.Array, token: jax.Array) -> jax.Array:
+  return jnp.concatenate([recent[:, 1:], token[:, None]], axis=1) if recent.shape[1] else recent
 
 
 def _split(keys: jax.Array, sampling: Sampling) -> tuple[jax.Array, jax.Array]:
@@ -229,16 +260,18 @@ def start(params, config: GPTConfig, prompts: jax.Array, lengths: jax.Array, rng
   """Prefills a cache of max_len slots and samples each row's first new token.
 
   rng: the call's key; rows [batch]: each row's index in the whole request (default 0..batch-1),
-  which picks its key (`row_keys`). Returns (state, first tokens [batch]); first tokens that are
-  stop tokens are already marked done.
+  which picks its key (`row_keys`). stop_tokens: token ids, or tuples of ids (stop sequences).
+  Returns (state, first tokens [batch]); first tokens that are stop tokens are already marked done.
   """
   cache = kvc.init(config, prompts.shape[0], max_len)
   logits, cache = prefill(params, config, prompts, lengths, cache)
   rows = jnp.arange(prompts.shape[0]) if rows is None else rows
   rng, first_rng = _split(row_keys(rng, rows), sampling)
   first = sample_rows(first_rng, logits, sampling)
-  done = _is_stop(first, stop_tokens)
-  return DecodeState(cache=cache, token=first, rng=rng, done=done, length=(~done).astype(jnp.int32)), first
+  done = _is_stop(first, stop_tokens)  # a stop sequence needs two tokens or more: not yet
+  recent = _push(jnp.full((prompts.shape[0], _recent_width(stop_tokens)), -1, jnp.int32), first)
+  return DecodeState(cache=cache, token=first, rng=rng, done=done, length=(~done).astype(jnp.int32),
+                     recent=recent), first
 
 
 def decode_step(params, config: GPTConfig, state: DecodeState, *, sampling: Sampling,
@@ -246,15 +279,19 @@ def decode_step(params, config: GPTConfig, state: DecodeState, *, sampling: Samp
   """Feeds each row's last token at its position, samples the next: (state, tokens [batch]).
 
   Rows that have stopped keep computing (the batch moves together); their tokens are padding to the
-  caller. The step attends over all cache.max_len slots: callers keep the cache as short as the rows
-  allow (see the module docstring).
+  caller. stop_tokens: token ids, or tuples of ids (stop sequences: a row stops when its generated
+  tokens end with one, and state.length then leaves the whole sequence out). The step attends over
+  all cache.max_len slots: callers keep the cache as short as the rows allow (see the module docstring).
   """
   logits, cache = GPT(config).apply({'params': params}, state.token[:, None], cache=state.cache)
   rng, step_rng = _split(state.rng, sampling)
   token = sample_rows(step_rng, logits[:, 0], sampling)
-  done = state.done | _is_stop(token, stop_tokens)
-  return DecodeState(cache=cache, token=token, rng=rng, done=done,
-                     length=state.length + (~done).astype(jnp.int32)), token
+  completed = jnp.where(state.done, 0, _completed_sequence(state.recent, token, stop_tokens))
+  done = state.done | _is_stop(token, stop_tokens) | (completed > 0)
+  # A completed stop sequence's earlier tokens were counted as generated: take them back.
+  length = state.length + (~done).astype(jnp.int32) - jnp.maximum(completed - 1, 0)
+  return DecodeState(cache=cache, token=token, rng=rng, done=done, length=length,
+                     recent=_push(state.recent, token)), token
 
 
 def decode_loop(params, config: GPTConfig, state: DecodeState, steps: int, *, sampling: Sampling,
@@ -431,13 +468,14 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
              stop_tokens: Sequence[int] = (), pad_id: int = 0, bucket_size: int = 64,
              keep: int | None = None, real_vocab_size: int | None = None,
              rows_per_group: int | None = None, devices: Sequence[jax.Device] | None = None,
-             row_ids=None) -> Generation:
+             row_ids=None, stop_sequences: Sequence[Sequence[int]] = ()) -> Generation:
   """Continues each prompt by up to max_new_tokens tokens (any number: past block_size it slides).
 
   prompts: [batch, prompt_len] int array (right-padded, with `lengths` [batch]), or a list of token
   lists of any lengths. Sampling: temperature 0 = greedy; top_k > 0 keeps the k most likely tokens;
-  top_p < 1 keeps the nucleus. A row stops at any of stop_tokens (not included in its output).
-  bucket_size: the smallest cache length a step attends over (see `cache_buckets`); keep: tokens a
+  top_p < 1 keeps the nucleus. A row stops at any of stop_tokens (not included in its output), or
+  once its generated tokens end with one of stop_sequences (token-id lists; the sequence is not
+  included either); a batch whose rows have all stopped ends its loop early. bucket_size: the smallest cache length a step attends over (see `cache_buckets`); keep: tokens a
   full row keeps when it slides (default block_size // 2). real_vocab_size: the tokenizer's size when
   config.vocab_size pads past it; ids from it up are never sampled.
   rows_per_group: decode the batch in groups of this many rows throughout (default: groups chosen
@@ -449,7 +487,8 @@ def generate(params, config: GPTConfig, prompts, rng: jax.Array, *, max_new_toke
   split over several calls then samples exactly what it would as one call.
   """
   prompts, lengths, sampling, stop_tokens = check_request(
-      config, prompts, lengths, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id, real_vocab_size)
+      config, prompts, lengths, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id, real_vocab_size,
+      stop_sequences)
   block = config.block_size
   keep = block // 2 if keep is None else keep
   integer = lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)
@@ -618,10 +657,11 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.n
 
 
 def check_request(config: GPTConfig, prompts, lengths, max_new_tokens, temperature, top_k, top_p,
-                  stop_tokens=(), pad_id=0, real_vocab_size=None):
+                  stop_tokens=(), pad_id=0, real_vocab_size=None, stop_sequences=()):
   """Validates generate()'s arguments before any compute: returns (prompts [batch, prompt_len]
-  int32, lengths [batch] int32, Sampling, stop tokens) or raises GptjaxError saying what is wrong.
-  Prompts longer than block_size are cropped to their last block_size tokens (prompt_len <= block_size)."""
+  int32, lengths [batch] int32, Sampling, stops: the stop token ids, then each stop sequence of two
+  or more ids as a tuple) or raises GptjaxError saying what is wrong. Prompts longer than block_size
+  are cropped to their last block_size tokens (prompt_len <= block_size)."""
   integer = lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)
   if not config.causal:
     raise GptjaxError('generation needs a causal model; this one is bidirectional (a masked LM): fill '
@@ -630,6 +670,12 @@ def check_request(config: GPTConfig, prompts, lengths, max_new_tokens, temperatu
     raise GptjaxError(f'max_new_tokens={max_new_tokens} must be an integer >= 1')
   if not integer(pad_id) or not all(integer(t) for t in stop_tokens):
     raise GptjaxError('pad_id and stop_tokens must be integer token ids')
+  try:
+    sequences = [list(seq) for seq in stop_sequences]
+  except TypeError:
+    sequences = None
+  if sequences is None or not all(seq and all(integer(t) for t in seq) for seq in sequences):
+    raise GptjaxError('stop_sequences must be non-empty lists of integer token ids, e.g. [[10, 10]]')
   try:
     if lengths is None and isinstance(prompts, (list, tuple)):
       prompts, lengths = pad_prompts(prompts, pad_id)
@@ -654,4 +700,6 @@ def check_request(config: GPTConfig, prompts, lengths, max_new_tokens, temperatu
     start = np.maximum(lengths - config.block_size, 0)
     prompts = np.stack([np.roll(row, -s) for row, s in zip(prompts, start)])[:, :config.block_size]
     lengths = lengths - start.astype(np.int32)
-  return prompts, lengths, sampling, tuple(int(t) for t in stop_tokens)
+  stops = tuple(int(t) for t in stop_tokens) + tuple(int(seq[0]) for seq in sequences if len(seq) == 1)
+  stops += tuple(dict.fromkeys(tuple(int(t) for t in seq) for seq in sequences if len(seq) > 1))
+  return prompts, lengths, sampling, stops

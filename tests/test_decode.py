@@ -394,6 +394,44 @@ def test_stop_tokens_end_rows_independently(params):
   assert len({int(n) for n in out.lengths}) > 1  # rows really ended at different steps
 
 
+def first_stop(tokens, sequences):
+  """(length, stopped) of a row whose generated tokens are `tokens` when it stops at the first step
+  where they end with one of `sequences`, leaving that sequence out (the longest, if several end there)."""
+  for end in range(len(tokens)):
+    found = [len(seq) for seq in sequences if end + 1 >= len(seq) and tokens[end + 1 - len(seq):end + 1] == seq]
+    if found:
+      return end + 1 - max(found), True
+  return len(tokens), False
+
+
+def test_stop_sequences_end_rows_where_their_generated_tokens_first_end_with_one(params):
+  """Stop sequences of two and three tokens taken from the rows' own greedy output, one of them past
+  the 96-position context (its row has slid by then), and one that begins with a prompt's last token:
+  each row ends where the reference cut (`first_stop`, on the unstopped output) says, with the sequence
+  left out and padding after it; the tokens of a prompt never complete a sequence."""
+  prompts, n_new = [[3, 1, 4], [2, 7], [5]], 150
+  kwargs = dict(max_new_tokens=n_new, temperature=0.0, bucket_size=8)
+  free = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), **kwargs).tokens.tolist()
+  slid = [CONFIG.block_size - len(p) for p in prompts]  # a row's tokens from here on come after its slide
+  # (row, start) of a 3-gram that a row first makes after its slide, and a 2-gram of row 1 that row
+  # does not make before it: that row then stops past its slide.
+  r, i = next((r, i) for r, row in enumerate(free) for i in range(slid[r], n_new - 3)
+              if all(row[j:j + 3] != row[i:i + 3] for j in range(i)))
+  late = free[r][i:i + 3]
+  pair = next(free[1][j:j + 2] for j in range(n_new - 2)
+              if all(free[r][k:k + 2] != free[1][j:j + 2] for k in range(i + 2)))
+  sequences = [late, pair, [5, free[2][0]]]
+  out = decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), stop_sequences=sequences, pad_id=15,
+                        **kwargs)
+  expected = [first_stop(row, sequences) for row in free]
+  assert [(int(n), bool(s)) for n, s in zip(out.lengths, out.stopped)] == expected
+  for row, full, (n, _) in zip(out.tokens.tolist(), free, expected):
+    assert row == full[:n] + [15] * (n_new - n)
+  assert expected[r] == (i, True) and i >= slid[r]  # that row stopped after it slid
+  with pytest.raises(GptjaxError, match='stop_sequences must be non-empty lists of integer token ids'):
+    decode.generate(params, CONFIG, prompts, jax.random.PRNGKey(0), stop_sequences=[[]], **kwargs)
+
+
 @pytest.mark.parametrize('kwargs, words', [
     (dict(max_new_tokens=4, bucket_size=0), 'bucket_size=0'),
     (dict(max_new_tokens=4, keep=97), 'keep=97'),

@@ -1,7 +1,7 @@
 """Generation: prefill the prompt into a KV cache, then one token per step, in compiled loops.
 
     prompts [batch, prompt_len] (right-padded) ──prefill──▶ cache, each row's first new token
-    ──decode chunks (a while loop each)──▶ carry DecodeState(cache, token, rng, done, length)
+    ──decode chunks (a while loop each)──▶ carry DecodeState(cache, token, rng, done, length, recent)
     ──▶ Generation(tokens [batch, max_new_tokens], lengths [batch], stopped [batch])
 
 Each decode step computes Q, K, V for one new token per row and attends over the cache: O(n) work
@@ -286,10 +286,13 @@ def decode_step(params, config: GPTConfig, state: DecodeState, *, sampling: Samp
   logits, cache = GPT(config).apply({'params': params}, state.token[:, None], cache=state.cache)
   rng, step_rng = _split(state.rng, sampling)
   token = sample_rows(step_rng, logits[:, 0], sampling)
-  completed = jnp.where(state.done, 0, _completed_sequence(state.recent, token, stop_tokens))
-  done = state.done | _is_stop(token, stop_tokens) | (completed > 0)
-  # A completed stop sequence's earlier tokens were counted as generated: take them back.
-  length = state.length + (~done).astype(jnp.int32) - jnp.maximum(completed - 1, 0)
+  done = state.done | _is_stop(token, stop_tokens)
+  length = state.length + (~done).astype(jnp.int32)
+  if _recent_width(stop_tokens):  # stop sequences: does the row's output now end with one?
+    completed = jnp.where(state.done, 0, _completed_sequence(state.recent, token, stop_tokens))
+    done = done | (completed > 0)
+    # Its earlier tokens were counted as generated: take them back, and leave this one out.
+    length = jnp.where(completed > 0, state.length - (completed - 1), length)
   return DecodeState(cache=cache, token=token, rng=rng, done=done, length=length,
                      recent=_push(state.recent, token)), token
 
@@ -298,7 +301,8 @@ def decode_loop(params, config: GPTConfig, state: DecodeState, steps: int, *, sa
                 stop_tokens: tuple[int, ...] = (), pad_id: int = 0) -> tuple[DecodeState, jax.Array]:
   """`steps` decode steps in one lax.scan over the state's whole cache (no buckets, no sliding: the
   cache must have room for them). Returns (final state, tokens [steps, batch]) with pad_id for rows
-  that have stopped. `generate` is the full driver; this is the plain loop, jit-able as one program.
+  that have stopped (after a stop sequence, a row's output is its first state.length tokens).
+  `generate` is the full driver; this is the plain loop, jit-able as one program.
   """
 
   def step(state: DecodeState, _):

@@ -74,7 +74,7 @@ def generate_texts(params, model_config, tokenizer, prompts: Sequence[str], *, m
     wanted.append(max_new_tokens or block - len(ids[-1]))
   if not ids:
     raise GptjaxError('no prompts given')
-  stop_ids = tokenizer.encode(stop) if stop else []
+  stop_ids = [int(t) for t in tokenizer.encode(stop)] if stop else []
   decode.Sampling.checked(temperature, top_k, top_p, model_config.vocab_size, tokenizer.vocab_size)
   return _generate_rows(params, model_config, tokenizer, prompts, ids, wanted, temperature=temperature,
                         top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop=stop,
@@ -92,10 +92,12 @@ def _generate_rows(params, model_config, tokenizer, prompts, ids, wanted, *, tem
     result = decode.generate(
         params, model_config, [ids[p] for p, _ in part], rng, max_new_tokens=n_new, temperature=temperature,
         top_k=top_k, top_p=top_p, real_vocab_size=tokenizer.vocab_size,
-        stop_tokens=tuple(stop_ids) if len(stop_ids) == 1 else (), row_ids=np.arange(start, start + len(part)))
+        stop_sequences=[stop_ids] if stop_ids else (), row_ids=np.arange(start, start + len(part)))
     tokens, lengths = jax.device_get((result.tokens, result.lengths))
     for (p, s), row, n in zip(part, tokens, lengths):
       text = tokenizer.decode(row[:min(int(n), wanted[p])])
+      # Cut at the text as well: a tokenizer can spell the stop text with other tokens than its own
+      # encoding, which the loop looks for (it ends a row early, and the batch once all have stopped).
       yield Sample(p, s, prompts[p], text.split(stop, 1)[0] if stop else text)
 
 

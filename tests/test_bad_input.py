@@ -220,6 +220,19 @@ def test_sample_prompts_file_samples_do_not_depend_on_the_batch_size(char_run, t
   assert [r['continuation'] for r in together[:2]] == alone
 
 
+def test_sample_stop_text_cuts_each_continuation_where_it_first_appears(char_run, tmp_path):
+  """--stop of one character (one token: the loop's stop token) and of two (a stop sequence the loop
+  looks for), both taken from the greedy output itself: each continuation is the unstopped one cut
+  before the stop text's first appearance."""
+  args = ('gptjax.sample', f'--workdir={char_run}', f'--prompts_file={prompts_file(tmp_path)}', '--temperature=0',
+          '--max_new_tokens=40', '--format=jsonl')
+  free = [r['continuation'] for r in jsonl(cli(*args))]
+  for stop in (free[0][5], free[0][10:12]):
+    cut = [r['continuation'] for r in jsonl(cli(*args, f'--stop={stop}'))]
+    assert cut == [text.split(stop, 1)[0] for text in free], stop
+    assert len(cut[0]) < 40  # prompt 0's continuation was cut
+
+
 def test_sample_stops_quietly_when_its_reader_goes_away(char_run, tmp_path):
   """`gptjax.sample ... | head`: stdout's reader closes before the first sample is printed. The
   command ends with the shell's SIGPIPE status (141) and nothing on stderr, no traceback, no error line."""

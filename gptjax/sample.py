@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Iterator, Sequence
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from gptjax import decode
 from gptjax.errors import GptjaxError
@@ -174,6 +176,8 @@ def main():
   flags.DEFINE_string('stop', '', 'Stop a sample at this text (e.g. "\\n"); it is not printed.')
   flags.DEFINE_integer('step', None, 'Checkpoint step to load (default: the latest).')
   flags.DEFINE_bool('continuation_only', False, 'Print only the generated text, not the prompt before it.')
+  flags.DEFINE_bool('progress', True, 'Show a progress bar on stderr (where it is a terminal) when the '
+                    'samples take more than one batch.')
   cli.define_common()
   cpu.define_flag()
 
@@ -204,16 +208,24 @@ def main():
         params, model_config, tokenizer, prompts, max_new_tokens=f.max_new_tokens, temperature=f.temperature,
         top_k=f.top_k, top_p=f.top_p, seed=f.seed, num_samples=f.num_samples, stop=cli.unescape(f.stop),
         batch_size=f.batch_size, where=where)
-    for s in samples:
-      if f.format == 'jsonl':
-        print(s.to_json(), flush=True)
-        continue
-      if len(prompts) > 1:
-        print(f'--- prompt {s.prompt_index}, sample {s.sample_index}' if f.num_samples > 1 else
-              f'--- prompt {s.prompt_index}')
-      elif f.num_samples > 1:
-        print(f'--- sample {s.sample_index}')
-      print(s.text if f.continuation_only else s.prompt + s.text, flush=True)
+    # A bar on stderr where it is a terminal and there is more than one batch; samples go to stdout
+    # through the bar's write, which keeps the two apart on a shared terminal.
+    batches = -(-rows // f.batch_size)
+    with tqdm(total=rows, unit='sample', desc='sample', leave=False, dynamic_ncols=True,
+              disable=True if not f.progress or batches <= 1 else None) as bar:
+      for s in samples:
+        if f.format == 'jsonl':
+          lines = [s.to_json()]
+        else:
+          lines = [s.text if f.continuation_only else s.prompt + s.text]
+          if len(prompts) > 1:
+            lines.insert(0, f'--- prompt {s.prompt_index}, sample {s.sample_index}' if f.num_samples > 1 else
+                         f'--- prompt {s.prompt_index}')
+          elif f.num_samples > 1:
+            lines.insert(0, f'--- sample {s.sample_index}')
+        bar.write('\n'.join(lines), file=sys.stdout)
+        sys.stdout.flush()
+        bar.update(1)
 
   cli.run(run)
 

@@ -245,6 +245,42 @@ def test_sample_stops_quietly_when_its_reader_goes_away(char_run, tmp_path):
   assert (proc.returncode, err.decode()) == (141, '')
 
 
+def test_sample_progress_bar_goes_to_a_terminal_stderr_and_leaves_stdout_alone(char_run, tmp_path):
+  """Three prompts, one per batch: with stderr on a terminal (a pty 100 columns wide) a tqdm bar counts
+  the samples there, and stdout is byte for byte what it is without a terminal (where no bar shows:
+  the quiet-reader test above sees an empty stderr)."""
+  import fcntl
+  import pty
+  import struct
+  import termios
+  import threading
+  args = [sys.executable, '-m', 'gptjax.sample', f'--workdir={char_run}', f'--prompts_file={prompts_file(tmp_path)}',
+          '--max_new_tokens=4', '--temperature=0', '--batch_size=1']
+  env = {**os.environ, 'XLA_FLAGS': ''}
+  plain = subprocess.run(args, capture_output=True, cwd=ROOT, env=env, timeout=300)
+  master, slave = pty.openpty()
+  fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))
+  pieces = []
+
+  def read_terminal():
+    try:
+      while chunk := os.read(master, 65536):
+        pieces.append(chunk)
+    except OSError:  # the terminal closed with the process
+      pass
+
+  reader = threading.Thread(target=read_terminal)
+  reader.start()
+  proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=env, timeout=300)
+  os.close(slave)
+  reader.join(timeout=30)
+  os.close(master)
+  terminal = b''.join(pieces)
+  assert proc.returncode == plain.returncode == 0 and proc.stdout == plain.stdout
+  assert plain.stdout.decode().count('--- prompt ') == 3 and plain.stderr == b''
+  assert b'sample:' in terminal and b'/3 [' in terminal, terminal
+
+
 PROMPTS_FILE_CASES = {
     'prompt and prompts_file': (['--prompt=The'], PROMPTS, ['give --prompt=TEXT or --prompts_file=FILE, not both']),
     'missing prompts file': ([], None, ['cannot read --prompts_file=', 'No such file']),

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from gptjax import decode
 from gptjax.errors import GptjaxError
-from gptjax.run import load_run  # noqa: F401  (re-exported: gptjax.sample.load_run)
+from gptjax.run import load_run  # also re-exported: gptjax.sample.load_run
 
 BATCH_SIZE = 64  # rows (prompt x sample pairs) per decode.generate call
 
@@ -118,13 +118,19 @@ def sample_from_workdir(workdir: str, prompt: str, *, max_new_tokens: int | None
   # Cheap argument checks before loading anything.
   if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
     raise GptjaxError(f'max_new_tokens={max_new_tokens} must be an integer >= 1')
+  params, model_config, tokenizer = _load_causal_run(workdir, step)
+  return [s.text for s in generate_texts(
+      params, model_config, tokenizer, [prompt], max_new_tokens=max_new_tokens, temperature=temperature,
+      top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop=stop, batch_size=batch_size)]
+
+
+def _load_causal_run(workdir: str, step: int | None):
+  """(params, model config, tokenizer) of a next-token run, or GptjaxError pointing a masked-LM run to fill."""
   params, model_config, tokenizer, _ = load_run(workdir, step)
   if not model_config.causal:
     raise GptjaxError(f'{workdir} is a masked-LM run (bidirectional): it fills in masked text rather than '
                       f'continuing it; use python -m gptjax.fill --workdir={workdir} --text="...[MASK]..."')
-  return [s.text for s in generate_texts(
-      params, model_config, tokenizer, [prompt], max_new_tokens=max_new_tokens, temperature=temperature,
-      top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop=stop, batch_size=batch_size)]
+  return params, model_config, tokenizer
 
 
 def read_prompts(path: str, unescape=lambda line: line) -> list[str]:
@@ -200,10 +206,7 @@ def main():
     # Before JAX starts: one XLA CPU device per core where a call's rows split over them, so that
     # decode.generate runs groups of rows side by side (quietly: stdout is the samples).
     cpu.configure(batch_size=min(rows, max(f.batch_size, 1)), auto=f.cpu_auto, log=lambda line: None)
-    params, model_config, tokenizer, _ = load_run(f.workdir, f.step)
-    if not model_config.causal:
-      raise GptjaxError(f'{f.workdir} is a masked-LM run (bidirectional): it fills in masked text rather than '
-                        f'continuing it; use python -m gptjax.fill --workdir={f.workdir} --text="...[MASK]..."')
+    params, model_config, tokenizer = _load_causal_run(f.workdir, f.step)
     samples = generate_texts(
         params, model_config, tokenizer, prompts, max_new_tokens=f.max_new_tokens, temperature=f.temperature,
         top_k=f.top_k, top_p=f.top_p, seed=f.seed, num_samples=f.num_samples, stop=cli.unescape(f.stop),
